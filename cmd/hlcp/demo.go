@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"hlcp/internal/demo"
+	"hlcp/internal/job"
+)
+
+func demoCmd() *cobra.Command {
+	var cf commonFlags
+	var keep bool
+	var dir string
+	spec := demo.DefaultSpec
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Build a small rsnapshot-shaped repository, copy it with hlcp and check the copy",
+		Long: `Demo builds a small rsnapshot-shaped repository in a temporary directory
+(snapshots daily.0..N hard-linked to each other, a symlink, a hard-linked
+symlink, a sparse file, an xattr, a read-only directory), copies it with
+hlcp copy showing the live progress, checks the copy and prints what it did.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var o job.Options
+			if err := cf.apply(&o); err != nil {
+				return &exitError{job.ExitUsage, err}
+			}
+			base := dir
+			if base == "" {
+				var err error
+				base, err = os.MkdirTemp("", "hlcp-demo-")
+				if err != nil {
+					return err
+				}
+			}
+			if !keep {
+				defer func() {
+					filepath.Walk(base, func(p string, fi os.FileInfo, err error) error {
+						if err == nil && fi.IsDir() {
+							os.Chmod(p, 0o755)
+						}
+						return nil
+					})
+					os.RemoveAll(base)
+				}()
+			}
+			src := filepath.Join(base, "servers")
+			dst := filepath.Join(base, "copy")
+			fmt.Printf("building a demo repository in %s ...\n", src)
+			notes, err := demo.Build(src, spec)
+			if err != nil {
+				return fmt.Errorf("build demo tree: %w", err)
+			}
+			fmt.Printf("  %d snapshots, %d paths\n", notes.Snapshots, notes.Paths)
+			for _, s := range notes.Skipped {
+				fmt.Printf("  skipped: %s\n", s)
+			}
+			fmt.Printf("\n$ hlcp copy %s %s\n", src, dst)
+			o.Src, o.Dst = src, dst
+			code, err := job.Copy(o)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "hlcp: %v\n", err)
+			}
+			if code != 0 {
+				return &exitError{code, fmt.Errorf("demo copy failed")}
+			}
+			fmt.Printf("\nchecking the copy against the source (lstat of every path, content, link groups) ...\n")
+			paths, groups, diffs, err := demo.Check(src, dst)
+			if err != nil {
+				return err
+			}
+			if len(diffs) > 0 {
+				for _, d := range diffs {
+					fmt.Println("  " + d)
+				}
+				return &exitError{job.ExitDiffer, fmt.Errorf("demo: the copy differs from the source in %d places", len(diffs))}
+			}
+			fmt.Printf("  identical: %d paths, %d inodes, same hard-link structure, metadata and content\n", paths, groups)
+			if keep {
+				fmt.Printf("\nkept: %s (source) and %s (copy)\n", src, dst)
+			}
+			return nil
+		},
+	}
+	cf.add(cmd)
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep the demo trees (printed at the end)")
+	cmd.Flags().StringVar(&dir, "dir", "", "build the demo in this directory instead of a new temporary one")
+	cmd.Flags().IntVar(&spec.Snapshots, "snapshots", spec.Snapshots, "snapshots in the demo repository")
+	cmd.Flags().IntVar(&spec.Files, "files", spec.Files, "files per host per snapshot")
+	return cmd
+}

@@ -1,0 +1,295 @@
+// Package copier is the copy stage: it creates the destination directory
+// skeleton, then walks the plan's inode groups (sorted by (dev, ino)) with
+// several workers, creating each inode once at its first path (data read once,
+// reflink or copy_file_range when the kernel can) and linking every other
+// path to it, and finally applies directory metadata deepest first.
+//
+// Every destination operation is relative to a directory fd reached from the
+// destination root one component at a time with O_NOFOLLOW, so nothing is
+// ever written through a symlink.
+package copier
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"hlcp/internal/fsx"
+	"hlcp/internal/plan"
+)
+
+// Options configure a Copier.
+type Options struct {
+	Jobs int
+	// Owner restores uid/gid (needs root or CAP_CHOWN).
+	Owner bool
+	// Retries of a file that changed while it was copied, before it is
+	// reported as changed.
+	Retries int
+	// OnError reports a per-path failure (path relative to the tree root).
+	OnError func(rel string, err error)
+	// OnWarn reports a condition once per key (e.g. "xattr user: operation
+	// not supported").
+	OnWarn func(key, msg string)
+	// DirCacheSize bounds the open directory fds of each side.
+	DirCacheSize int
+}
+
+// Stats of a copy; all fields are updated atomically.
+type Stats struct {
+	Groups       atomic.Int64 // inodes created from source groups
+	Paths        atomic.Int64 // destination paths made (first paths and links)
+	Links        atomic.Int64 // hard links made
+	Bytes        atomic.Int64 // data bytes written (or cloned)
+	Cloned       atomic.Int64 // files reflinked
+	CopyRange    atomic.Int64 // files copied with copy_file_range
+	ReadWrite    atomic.Int64 // files copied through a buffer
+	Dirs         atomic.Int64 // directories created
+	SplitGroups  atomic.Int64 // groups split because of EMLINK
+	ExtraCopies  atomic.Int64 // extra inode copies (EMLINK or no hard links)
+	ExtraBytes   atomic.Int64 // bytes of those extra copies
+	OutsideLinks atomic.Int64 // inodes with links outside the source tree
+	Changed      atomic.Int64 // files that kept changing while copied
+	Errors       atomic.Int64 // per-path errors
+}
+
+// Copier copies one planned tree.
+type Copier struct {
+	opt              Options
+	srcRoot, dstRoot int
+	srcDev, dstDev   uint64
+	dirs             *plan.DirTable
+	srcDirs, dstDirs *fsx.DirCache
+	caps             *fsx.Caps
+	Stats            Stats
+
+	noLinks  atomic.Bool // destination refuses hard links
+	noAtime  atomic.Bool // O_NOATIME refused (not owner)
+	fatalMu  sync.Mutex
+	fatalErr error
+}
+
+// New returns a copier from the tree at srcRoot to the tree at dstRoot (both
+// open directory fds, owned by the caller).
+func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error) {
+	if opt.Jobs < 1 {
+		opt.Jobs = 1
+	}
+	if opt.DirCacheSize == 0 {
+		opt.DirCacheSize = 1024
+	}
+	if opt.OnError == nil {
+		opt.OnError = func(string, error) {}
+	}
+	if opt.OnWarn == nil {
+		opt.OnWarn = func(string, string) {}
+	}
+	var ss, ds unix.Stat_t
+	if err := unix.Fstat(srcRoot, &ss); err != nil {
+		return nil, err
+	}
+	if err := unix.Fstat(dstRoot, &ds); err != nil {
+		return nil, err
+	}
+	c := &Copier{opt: opt, srcRoot: srcRoot, dstRoot: dstRoot, srcDev: ss.Dev, dstDev: ds.Dev, dirs: dirs, caps: fsx.NewCaps()}
+	c.srcDirs = fsx.NewDirCache(srcRoot, dirs.Resolve, unix.O_PATH, opt.DirCacheSize)
+	c.dstDirs = fsx.NewDirCache(dstRoot, dirs.Resolve, unix.O_PATH, opt.DirCacheSize)
+	return c, nil
+}
+
+// Close releases cached directory fds.
+func (c *Copier) Close() {
+	c.srcDirs.Close()
+	c.dstDirs.Close()
+}
+
+// Methods reports whether reflink and copy_file_range were used.
+func (c *Copier) Methods() (clone, cfr bool) { return c.caps.Methods() }
+
+// NoHardLinks reports whether the destination refused hard links.
+func (c *Copier) NoHardLinks() bool { return c.noLinks.Load() }
+
+// fatal errors stop the job: the destination is full, read-only or broken.
+func isFatal(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.EROFS)
+}
+
+func (c *Copier) setFatal(err error) {
+	c.fatalMu.Lock()
+	if c.fatalErr == nil {
+		c.fatalErr = err
+	}
+	c.fatalMu.Unlock()
+}
+
+// Fatal returns the error that stopped the copy, if any.
+func (c *Copier) Fatal() error {
+	c.fatalMu.Lock()
+	defer c.fatalMu.Unlock()
+	return c.fatalErr
+}
+
+func (c *Copier) rel(dir uint32, name []byte) string {
+	p := c.dirs.Path(dir)
+	if p == "" {
+		return string(name)
+	}
+	if len(name) == 0 {
+		return p
+	}
+	return p + "/" + string(name)
+}
+
+func (c *Copier) fail(dir uint32, name []byte, err error) {
+	if isFatal(err) {
+		c.setFatal(fmt.Errorf("%s: %w", c.rel(dir, name), err))
+		return
+	}
+	c.Stats.Errors.Add(1)
+	c.opt.OnError(c.rel(dir, name), err)
+}
+
+// MakeDirs creates every directory of the plan with id >= from under the
+// destination root, parents first, owner-writable (final modes come in
+// Finish). done is called after each directory. Existing directories are
+// accepted (resume).
+func (c *Copier) MakeDirs(from uint32, done func()) error {
+	if from == 0 {
+		from = 1
+	}
+	return c.dirs.Scan(from, func(d *plan.Dir) error {
+		if done != nil {
+			defer done()
+		}
+		if d.Flags&plan.DirGone != 0 {
+			return nil
+		}
+		pfd, err := c.dstDirs.Acquire(d.Parent)
+		if err != nil {
+			c.fail(d.ID, nil, fmt.Errorf("open parent directory: %w", err))
+			return c.Fatal()
+		}
+		name := string(d.Name)
+		err = unix.Mkdirat(pfd, name, 0o700)
+		if errors.Is(err, unix.EEXIST) {
+			var st unix.Stat_t
+			if e2 := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); e2 == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				err = nil
+			}
+		}
+		c.dstDirs.Release(d.Parent)
+		if err != nil {
+			c.fail(d.ID, nil, fmt.Errorf("mkdir: %w", err))
+			return c.Fatal()
+		}
+		c.Stats.Dirs.Add(1)
+		return nil
+	})
+}
+
+// openDir opens directory d of one side for metadata work, without
+// following symlinks.
+func openDir(cache *fsx.DirCache, root int, d *plan.Dir, flags int) (int, error) {
+	if d.ID == 0 {
+		return unix.Openat(root, ".", flags|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	}
+	pfd, err := cache.Acquire(d.Parent)
+	if err != nil {
+		return -1, err
+	}
+	defer cache.Release(d.Parent)
+	return unix.Openat(pfd, string(d.Name), flags|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+}
+
+// Finish applies the final owner, xattrs, mode and times to every directory
+// with id < below, deepest first (children have higher ids than their
+// parents), and to the root only when root is true. done is called per
+// directory.
+func (c *Copier) Finish(below uint32, root bool, done func()) error {
+	var x fsx.Xattrs
+	return c.dirs.ScanReverse(below, func(d *plan.Dir) error {
+		if done != nil {
+			defer done()
+		}
+		if d.Flags&plan.DirGone != 0 || (d.ID == 0 && !root) {
+			return nil
+		}
+		c.finishDir(d, &x)
+		return c.Fatal()
+	})
+}
+
+// FinishRoot applies the root directory's metadata (after the job's state
+// has left the destination root, so that its mtime stays).
+func (c *Copier) FinishRoot() error {
+	var d plan.Dir
+	if err := c.dirs.Get(0, &d); err != nil {
+		return err
+	}
+	var x fsx.Xattrs
+	c.finishDir(&d, &x)
+	return c.Fatal()
+}
+
+func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
+	dfd, err := openDir(c.dstDirs, c.dstRoot, d, unix.O_RDONLY)
+	if err != nil {
+		c.fail(d.ID, nil, fmt.Errorf("open directory for metadata: %w", err))
+		return
+	}
+	defer unix.Close(dfd)
+	if c.opt.Owner {
+		if err := unix.Fchown(dfd, int(d.Uid), int(d.Gid)); err != nil {
+			c.fail(d.ID, nil, fmt.Errorf("chown: %w", err))
+		}
+	} else {
+		c.ownerWarn(d.Uid, d.Gid)
+	}
+	if d.Flags&(plan.DirUnreadable) == 0 {
+		if sfd, err := openDir(c.srcDirs, c.srcRoot, d, unix.O_RDONLY); err == nil {
+			if err := x.CopyFd(sfd, dfd, c.xattrErr); err != nil {
+				c.fail(d.ID, nil, err)
+			}
+			unix.Close(sfd)
+		} else {
+			c.fail(d.ID, nil, fmt.Errorf("open source directory for xattrs: %w", err))
+		}
+	}
+	if err := unix.Fchmod(dfd, d.Mode&07777); err != nil {
+		c.fail(d.ID, nil, fmt.Errorf("chmod: %w", err))
+	}
+	ts := []unix.Timespec{d.Atime, d.Mtime}
+	if err := futimens(dfd, ts); err != nil {
+		c.fail(d.ID, nil, fmt.Errorf("set times: %w", err))
+	}
+}
+
+// futimens is utimensat(fd, NULL, ts, 0): set the times of an open file.
+func futimens(fd int, ts []unix.Timespec) error {
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+func (c *Copier) xattrErr(e *fsx.XattrError) {
+	c.opt.OnWarn("xattr "+e.Kind(), fmt.Sprintf("the destination did not take some extended attributes (%s); they were not copied", e.Kind()))
+}
+
+var myUID, myGID = uint32(os.Geteuid()), uint32(os.Getegid())
+
+func (c *Copier) ownerWarn(uid, gid uint32) {
+	if uid != myUID || gid != myGID {
+		c.opt.OnWarn("owner", "not running as root: file ownership (uid/gid) was not preserved")
+	}
+}
+
+// Stop makes a running CopyPlan stop at the next task boundary, checkpoint
+// and return err.
+func (c *Copier) Stop(err error) { c.setFatal(err) }

@@ -1,0 +1,678 @@
+package copier
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"hlcp/internal/fsx"
+	"hlcp/internal/plan"
+	"hlcp/internal/progress"
+)
+
+// Task sizes. A task is a batch of whole small groups, or one chunk of a
+// large group; bigChunk bounds the memory a group with millions of links
+// takes: it is streamed chunk by chunk.
+const (
+	maxTaskRecs  = 512
+	maxTaskBytes = 64 << 10
+	bigChunk     = 4096
+)
+
+type task struct {
+	seq    int64
+	endOff int64 // plan offset after the task's last record; -1 when that is inside a group
+	recs   [][]byte
+	buf    []byte
+	link   *linkSrc      // continuation chunk of a large group: link every record to this
+	result chan *linkSrc // head chunk of a large group: where to link the rest
+}
+
+func (t *task) add(rec []byte) {
+	// recs point into buf; when buf must grow, re-point them.
+	if len(t.buf)+len(rec) > cap(t.buf) {
+		nb := make([]byte, len(t.buf), 2*cap(t.buf)+len(rec))
+		copy(nb, t.buf)
+		off := 0
+		for i, r := range t.recs {
+			t.recs[i] = nb[off : off+len(r)]
+			off += len(r)
+		}
+		t.buf = nb
+	}
+	start := len(t.buf)
+	t.buf = append(t.buf, rec...)
+	t.recs = append(t.recs, t.buf[start:len(t.buf)])
+}
+
+func (t *task) reset() {
+	t.recs = t.recs[:0]
+	t.buf = t.buf[:0]
+	t.link = nil
+	t.result = nil
+	t.endOff = -1
+}
+
+// linkSrc is an inode already made in the destination, to link to, and
+// where it came from in the source, to copy it again when it is full
+// (EMLINK) or when the destination has no hard links.
+type linkSrc struct {
+	dir   uint32 // destination path (dir, name) to link from
+	name  []byte
+	src   plan.Entry // the source path it was copied from
+	nlink uint64     // source st_nlink
+	size  int64
+	split bool // already counted as a split group
+}
+
+// tracker turns out-of-order task completions into a watermark: the plan
+// offset below which every group is done.
+type tracker struct {
+	mu        sync.Mutex
+	next      int64
+	done      map[int64]int64
+	watermark int64
+}
+
+func (t *tracker) complete(seq, endOff int64) {
+	t.mu.Lock()
+	t.done[seq] = endOff
+	for {
+		off, ok := t.done[t.next]
+		if !ok {
+			break
+		}
+		delete(t.done, t.next)
+		t.next++
+		if off >= 0 {
+			t.watermark = off
+		}
+	}
+	t.mu.Unlock()
+}
+
+func (t *tracker) get() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.watermark
+}
+
+// CopyPlan copies every group of the plan file from offset from (a
+// watermark of an earlier run, or 0). checkpoint, if not nil, is called
+// about every `every` with the current watermark, and once at the end; an
+// error from it stops the copy. ctr gets groups (Done), paths and bytes.
+func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, checkpoint func(off int64) error, every time.Duration) error {
+	r, err := plan.OpenReader(path, from)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if ctr == nil {
+		ctr = new(progress.Counters)
+	}
+
+	tasks := make(chan *task, 2*c.opt.Jobs)
+	free := make(chan *task, 4*c.opt.Jobs)
+	tr := &tracker{done: make(map[int64]int64), watermark: from}
+	var wg sync.WaitGroup
+	for i := 0; i < c.opt.Jobs; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := &worker{c: c, ctr: ctr, data: fsx.DataCopier{Caps: c.caps}}
+			for t := range tasks {
+				res := w.run(t)
+				if t.result != nil {
+					t.result <- res
+				}
+				tr.complete(t.seq, t.endOff)
+				select {
+				case free <- t:
+				default:
+				}
+			}
+		}()
+	}
+
+	var seq int64
+	newTask := func() *task {
+		var t *task
+		select {
+		case t = <-free:
+			t.reset()
+		default:
+			t = &task{buf: make([]byte, 0, maxTaskBytes+512), endOff: -1}
+		}
+		t.seq = seq
+		seq++
+		return t
+	}
+	send := func(t *task) { tasks <- t }
+
+	var (
+		cur        = newTask()
+		prev       []byte // first record of the current group
+		groupStart int    // index of the current group's first record in cur
+		groupLen   int64
+		groupOff   = from // plan offset of the current group's first record
+		big        *linkSrc
+		bigFailed  bool
+		bigSkipped int64
+		bigHead    plan.Entry
+		lastCkpt   = time.Now()
+		rerr       error
+	)
+	// endBig closes a large group: its last chunk carries the group's end offset.
+	endBig := func() {
+		if big != nil && big.nlink > uint64(groupLen) {
+			c.Stats.OutsideLinks.Add(1)
+		}
+		if bigSkipped > 0 {
+			c.fail(bigHead.Dir, bigHead.Name, fmt.Errorf("%d more links of this inode were not created", bigSkipped))
+		}
+		big, bigFailed, bigSkipped = nil, false, 0
+	}
+	// linkTask starts a continuation chunk of a large group; each has its own
+	// copy of the link source, which it may move on EMLINK.
+	linkTask := func() *task {
+		t := newTask()
+		if big != nil {
+			l := *big
+			t.link = &l
+		}
+		return t
+	}
+	for {
+		if c.Fatal() != nil {
+			break
+		}
+		off := r.Offset()
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			rerr = fmt.Errorf("read plan: %w", err)
+			break
+		}
+		if prev == nil || !plan.SameInode(prev, rec) {
+			// A new group starts: the task so far ends at a group boundary.
+			if big != nil || bigFailed {
+				cur.endOff = off
+				send(cur)
+				cur = newTask()
+				endBig()
+			} else if len(cur.recs) >= maxTaskRecs || len(cur.buf) >= maxTaskBytes {
+				cur.endOff = off
+				send(cur)
+				cur = newTask()
+			}
+			prev = append(prev[:0], rec...)
+			groupStart, groupLen, groupOff = len(cur.recs), 0, off
+			if every > 0 && checkpoint != nil && time.Since(lastCkpt) >= every {
+				if err := checkpoint(tr.get()); err != nil {
+					rerr = err
+					break
+				}
+				lastCkpt = time.Now()
+			}
+		}
+		groupLen++
+		if bigFailed {
+			bigSkipped++ // the inode could not be made
+			continue
+		}
+		cur.add(rec)
+		switch {
+		case big == nil && groupLen == bigChunk:
+			// This group is large: run its first chunk alone, wait for
+			// the inode to exist, then stream the rest in parallel chunks.
+			if groupStart > 0 {
+				head := newTask()
+				for _, r := range cur.recs[groupStart:] {
+					head.add(r)
+				}
+				cur.recs = cur.recs[:groupStart]
+				cur.endOff = groupOff
+				send(cur)
+				cur = head
+			}
+			if e, err := plan.DecodeEntry(cur.recs[0]); err == nil {
+				bigHead = plan.Entry{Dir: e.Dir, Name: append([]byte(nil), e.Name...)}
+			}
+			cur.result = make(chan *linkSrc, 1)
+			res := cur.result
+			send(cur)
+			big = <-res
+			if big == nil {
+				bigFailed = true
+			}
+			cur = linkTask()
+		case big != nil && len(cur.recs) >= bigChunk:
+			send(cur)
+			cur = linkTask()
+		}
+	}
+	if rerr == nil && c.Fatal() == nil {
+		cur.endOff = r.Offset()
+	}
+	if len(cur.recs) > 0 {
+		send(cur)
+	}
+	if big != nil || bigFailed {
+		endBig()
+	}
+	close(tasks)
+	wg.Wait()
+	if rerr != nil {
+		return rerr
+	}
+	if err := c.Fatal(); err != nil {
+		if checkpoint != nil {
+			checkpoint(tr.get())
+		}
+		return err
+	}
+	if checkpoint != nil {
+		return checkpoint(tr.get())
+	}
+	return nil
+}
+
+type worker struct {
+	c    *Copier
+	ctr  *progress.Counters
+	data fsx.DataCopier
+	x    fsx.Xattrs
+	lbuf []byte
+}
+
+// run does one task and returns the link source of its last group.
+func (w *worker) run(t *task) *linkSrc {
+	if t.link != nil {
+		w.linkAll(t.link, t.recs)
+		return t.link
+	}
+	var last *linkSrc
+	for i := 0; i < len(t.recs); {
+		j := i + 1
+		for j < len(t.recs) && plan.SameInode(t.recs[i], t.recs[j]) {
+			j++
+		}
+		e, err := plan.DecodeEntry(t.recs[i])
+		if err != nil {
+			w.c.setFatal(err)
+			return nil
+		}
+		ls := w.create(e, e.Dir, e.Name)
+		if ls != nil {
+			w.c.Stats.Groups.Add(1)
+			w.ctr.Done.Add(1)
+			w.linkAll(ls, t.recs[i+1:j])
+			if t.result == nil && ls.nlink > uint64(j-i) {
+				w.c.Stats.OutsideLinks.Add(1)
+			}
+		} else if j-i > 1 {
+			w.c.fail(e.Dir, e.Name, fmt.Errorf("%d other links of this inode were not created", j-i-1))
+		}
+		last = ls
+		i = j
+	}
+	return last
+}
+
+func (w *worker) linkAll(ls *linkSrc, recs [][]byte) {
+	if ls == nil {
+		return
+	}
+	c := w.c
+	for _, rec := range recs {
+		if c.Fatal() != nil {
+			return
+		}
+		e, err := plan.DecodeEntry(rec)
+		if err != nil {
+			c.setFatal(err)
+			return
+		}
+		if c.noLinks.Load() {
+			w.extraCopy(ls, e)
+			continue
+		}
+		err = w.link(ls, e)
+		switch {
+		case err == nil:
+			c.Stats.Paths.Add(1)
+			c.Stats.Links.Add(1)
+			w.ctr.Paths.Add(1)
+		case errors.Is(err, unix.EMLINK):
+			// The inode is full: copy it again here and link the rest to
+			// the new copy.
+			if !ls.split {
+				ls.split = true
+				c.Stats.SplitGroups.Add(1)
+			}
+			if nls := w.extraCopy(ls, e); nls != nil {
+				nls.split = true
+				*ls = *nls
+			}
+		case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS):
+			if !c.noLinks.Swap(true) {
+				c.opt.OnWarn("nolinks", fmt.Sprintf("the destination does not support hard links (%v): every path gets its own copy of the data", err))
+			}
+			w.extraCopy(ls, e)
+		default:
+			c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", c.rel(ls.dir, ls.name), err))
+		}
+	}
+}
+
+// extraCopy copies ls's source inode again to e's path.
+func (w *worker) extraCopy(ls *linkSrc, e plan.Entry) *linkSrc {
+	nls := w.create(ls.src, e.Dir, e.Name)
+	if nls != nil {
+		w.c.Stats.ExtraCopies.Add(1)
+		w.c.Stats.ExtraBytes.Add(nls.size)
+		nls.src = ls.src
+	}
+	return nls
+}
+
+func (w *worker) link(ls *linkSrc, e plan.Entry) error {
+	c := w.c
+	sfd, err := c.dstDirs.Acquire(ls.dir)
+	if err != nil {
+		return fmt.Errorf("open directory: %w", err)
+	}
+	defer c.dstDirs.Release(ls.dir)
+	dfd, err := c.dstDirs.Acquire(e.Dir)
+	if err != nil {
+		return fmt.Errorf("open directory: %w", err)
+	}
+	defer c.dstDirs.Release(e.Dir)
+	sname, dname := string(ls.name), string(e.Name)
+	err = unix.Linkat(sfd, sname, dfd, dname, 0)
+	if errors.Is(err, unix.EEXIST) {
+		// Left by an interrupted run: replace it.
+		if err2 := unix.Unlinkat(dfd, dname, 0); err2 == nil {
+			err = unix.Linkat(sfd, sname, dfd, dname, 0)
+		}
+	}
+	return err
+}
+
+// create makes a new destination inode at (dir, name) as a copy of the
+// source path src (whose scan gave its dev, ino and type). It returns nil
+// after reporting an error.
+func (w *worker) create(src plan.Entry, dir uint32, name []byte) *linkSrc {
+	c := w.c
+	spfd, err := c.srcDirs.Acquire(src.Dir)
+	if err != nil {
+		c.fail(src.Dir, src.Name, fmt.Errorf("open source directory: %w", err))
+		return nil
+	}
+	defer c.srcDirs.Release(src.Dir)
+	dpfd, err := c.dstDirs.Acquire(dir)
+	if err != nil {
+		c.fail(dir, name, fmt.Errorf("open destination directory: %w", err))
+		return nil
+	}
+	defer c.dstDirs.Release(dir)
+
+	var st unix.Stat_t
+	switch src.Type {
+	case fsx.TypeReg:
+		err = w.copyFile(spfd, dpfd, src, string(name), &st)
+	case fsx.TypeLnk:
+		err = w.copySymlink(spfd, dpfd, src, string(name), &st)
+	case fsx.TypeFifo, fsx.TypeSock, fsx.TypeChr, fsx.TypeBlk:
+		err = w.copySpecial(spfd, dpfd, src, string(name), &st)
+	default:
+		err = fmt.Errorf("unsupported file type %d", src.Type)
+	}
+	if err != nil {
+		if errors.Is(err, errChanged) {
+			c.Stats.Changed.Add(1)
+		}
+		c.fail(src.Dir, src.Name, err)
+		if !errors.Is(err, errChanged) {
+			return nil
+		}
+	}
+	c.Stats.Paths.Add(1)
+	w.ctr.Paths.Add(1)
+	return &linkSrc{dir: dir, name: append([]byte(nil), name...), src: plan.Entry{Dev: src.Dev, Ino: src.Ino, Dir: src.Dir, Type: src.Type, Name: append([]byte(nil), src.Name...)}, nlink: uint64(st.Nlink), size: st.Size}
+}
+
+var errChanged = errors.New("changed while being copied (the copy may not match any single state of the file)")
+
+// checkInode verifies that what a source path names now is the inode the
+// scan saw there.
+func checkInode(st *unix.Stat_t, e plan.Entry) error {
+	if st.Ino != e.Ino || st.Dev != e.Dev {
+		return fmt.Errorf("replaced since the scan (inode %d:%d, now %d:%d)", e.Dev, e.Ino, st.Dev, st.Ino)
+	}
+	if t := fsx.TypeOfMode(st.Mode); t != e.Type {
+		return fmt.Errorf("changed type since the scan (%s, now %s)", fsx.TypeName(e.Type), fsx.TypeName(t))
+	}
+	return nil
+}
+
+func sameState(a, b *unix.Stat_t) bool {
+	return a.Size == b.Size && a.Mtim == b.Mtim && a.Ctim == b.Ctim
+}
+
+func vanished(err error) error {
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("vanished since the scan: %w", err)
+	}
+	return err
+}
+
+// createFile makes name in dpfd exclusively, replacing what an interrupted
+// run left there.
+func createFile(dpfd int, name string) (int, error) {
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Openat(dpfd, name, flags, 0o600)
+	if errors.Is(err, unix.EEXIST) {
+		if err := unix.Unlinkat(dpfd, name, 0); err != nil {
+			return -1, fmt.Errorf("replace existing: %w", err)
+		}
+		fd, err = unix.Openat(dpfd, name, flags, 0o600)
+	}
+	return fd, err
+}
+
+func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.Stat_t) error {
+	c := w.c
+	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+	sname := string(src.Name)
+	var sfd int
+	var err error
+	if !c.noAtime.Load() {
+		sfd, err = unix.Openat(spfd, sname, flags|unix.O_NOATIME, 0)
+		if errors.Is(err, unix.EPERM) {
+			c.noAtime.Store(true)
+		}
+	}
+	if c.noAtime.Load() {
+		sfd, err = unix.Openat(spfd, sname, flags, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("open: %w", vanished(err))
+	}
+	defer unix.Close(sfd)
+	if err := unix.Fstat(sfd, st); err != nil {
+		return fmt.Errorf("stat: %w", err)
+	}
+	if err := checkInode(st, src); err != nil {
+		return err
+	}
+	var changed bool
+	for attempt := 0; ; attempt++ {
+		dfd, err := createFile(dpfd, name)
+		if err != nil {
+			return fmt.Errorf("create: %w", err)
+		}
+		sparse := st.Size > 0 && st.Blocks*512 < st.Size
+		n, m, err := w.data.Copy(sfd, dfd, st.Size, sparse, st.Dev, c.dstDev)
+		if err != nil && !errors.Is(err, fsx.ErrShort) {
+			unix.Close(dfd)
+			unix.Unlinkat(dpfd, name, 0) // no torn copy left behind
+			return fmt.Errorf("copy data: %w", err)
+		}
+		var after unix.Stat_t
+		if e2 := unix.Fstat(sfd, &after); e2 != nil {
+			unix.Close(dfd)
+			return fmt.Errorf("stat: %w", e2)
+		}
+		if err != nil || !sameState(st, &after) {
+			*st = after
+			if attempt < c.opt.Retries {
+				unix.Close(dfd)
+				continue
+			}
+			changed = true
+		}
+		c.Stats.Bytes.Add(n)
+		w.ctr.Bytes.Add(n)
+		switch m {
+		case fsx.MethodClone:
+			c.Stats.Cloned.Add(1)
+		case fsx.MethodCopyRange:
+			c.Stats.CopyRange.Add(1)
+		case fsx.MethodReadWrite:
+			c.Stats.ReadWrite.Add(1)
+		}
+		w.setMeta(dfd, sfd, st, src)
+		if err := unix.Close(dfd); err != nil {
+			return fmt.Errorf("close: %w", err)
+		}
+		break
+	}
+	if changed {
+		return errChanged
+	}
+	return nil
+}
+
+// setMeta gives the open destination file dfd the owner, xattrs, mode and
+// times of the source (in that order: chown clears setuid bits and
+// security.capability, chmod must follow it, and times come last).
+func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry) {
+	c := w.c
+	if c.opt.Owner {
+		if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
+			c.fail(src.Dir, src.Name, fmt.Errorf("chown: %w", err))
+		}
+	} else {
+		c.ownerWarn(st.Uid, st.Gid)
+	}
+	if err := w.x.CopyFd(sfd, dfd, c.xattrErr); err != nil {
+		c.fail(src.Dir, src.Name, err)
+	}
+	if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
+		c.fail(src.Dir, src.Name, fmt.Errorf("chmod: %w", err))
+	}
+	if err := futimens(dfd, []unix.Timespec{st.Atim, st.Mtim}); err != nil {
+		c.fail(src.Dir, src.Name, fmt.Errorf("set times: %w", err))
+	}
+}
+
+// setMetaAt is setMeta for entries that cannot be opened (symlinks, device
+// nodes, fifos, sockets): by name relative to their directory, never
+// following a symlink.
+func (w *worker) setMetaAt(spfd, dpfd int, name string, st *unix.Stat_t, src plan.Entry) {
+	c := w.c
+	if c.opt.Owner {
+		if err := unix.Fchownat(dpfd, name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			c.fail(src.Dir, src.Name, fmt.Errorf("chown: %w", err))
+		}
+	} else {
+		c.ownerWarn(st.Uid, st.Gid)
+	}
+	if err := w.x.CopyPath(fsx.ProcPath(spfd, string(src.Name)), fsx.ProcPath(dpfd, name), c.xattrErr); err != nil {
+		c.fail(src.Dir, src.Name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		err := unix.Fchmodat(dpfd, name, st.Mode&07777, unix.AT_SYMLINK_NOFOLLOW)
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			// No fchmodat2: the node was just made by us and is not a
+			// symlink, so following is harmless.
+			err = unix.Fchmodat(dpfd, name, st.Mode&07777, 0)
+		}
+		if err != nil {
+			c.fail(src.Dir, src.Name, fmt.Errorf("chmod: %w", err))
+		}
+	}
+	if err := unix.UtimesNanoAt(dpfd, name, []unix.Timespec{st.Atim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		c.fail(src.Dir, src.Name, fmt.Errorf("set times: %w", err))
+	}
+}
+
+func (w *worker) copySymlink(spfd, dpfd int, src plan.Entry, name string, st *unix.Stat_t) error {
+	sname := string(src.Name)
+	if err := unix.Fstatat(spfd, sname, st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("lstat: %w", vanished(err))
+	}
+	if err := checkInode(st, src); err != nil {
+		return err
+	}
+	size := int(st.Size) + 1
+	if size < 256 {
+		size = 256
+	}
+	for {
+		if cap(w.lbuf) < size {
+			w.lbuf = make([]byte, size)
+		}
+		n, err := unix.Readlinkat(spfd, sname, w.lbuf[:size])
+		if err != nil {
+			return fmt.Errorf("readlink: %w", vanished(err))
+		}
+		if n < size {
+			w.lbuf = w.lbuf[:n]
+			break
+		}
+		size *= 2
+	}
+	target := string(w.lbuf)
+	err := unix.Symlinkat(target, dpfd, name)
+	if errors.Is(err, unix.EEXIST) {
+		if err := unix.Unlinkat(dpfd, name, 0); err != nil {
+			return fmt.Errorf("replace existing: %w", err)
+		}
+		err = unix.Symlinkat(target, dpfd, name)
+	}
+	if err != nil {
+		return fmt.Errorf("symlink: %w", err)
+	}
+	w.setMetaAt(spfd, dpfd, name, st, src)
+	return nil
+}
+
+func (w *worker) copySpecial(spfd, dpfd int, src plan.Entry, name string, st *unix.Stat_t) error {
+	if err := unix.Fstatat(spfd, string(src.Name), st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("lstat: %w", vanished(err))
+	}
+	if err := checkInode(st, src); err != nil {
+		return err
+	}
+	mode := st.Mode & (unix.S_IFMT | 0o777)
+	err := unix.Mknodat(dpfd, name, mode, int(st.Rdev))
+	if errors.Is(err, unix.EEXIST) {
+		if err := unix.Unlinkat(dpfd, name, 0); err != nil {
+			return fmt.Errorf("replace existing: %w", err)
+		}
+		err = unix.Mknodat(dpfd, name, mode, int(st.Rdev))
+	}
+	if err != nil {
+		return fmt.Errorf("mknod %s: %w", fsx.TypeName(src.Type), err)
+	}
+	w.setMetaAt(spfd, dpfd, name, st, src)
+	return nil
+}

@@ -1,0 +1,246 @@
+package extsort
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+)
+
+const (
+	// minMergeBuf is the smallest per-run read buffer; it holds any frame, so
+	// readers never grow their buffers.
+	minMergeBuf = 128 << 10
+	// maxMergeBuf is the largest per-run read buffer.
+	maxMergeBuf = 1 << 20
+	// progressEvery is how many records pass between progress calls.
+	progressEvery = 1 << 16
+)
+
+// mergePlan returns the per-run buffer size and the fan-in (runs merged at
+// once) for n runs within memBytes. One more buffer of the same size is used
+// for the output. The fan-in is at least 2, so with a tiny budget the usage
+// is 3 * minMergeBuf.
+func mergePlan(memBytes, n int) (bufSize, fanIn int) {
+	bufSize = memBytes / (n + 1)
+	bufSize = min(max(bufSize, minMergeBuf), maxMergeBuf)
+	fanIn = max(memBytes/bufSize-1, 2)
+	return bufSize, fanIn
+}
+
+// Merge k-way merges the sorted runs into w as framed records in sorted order
+// and returns the number of records written. It uses about memBytes for its
+// read and write buffers (per-run buffers of 128 KiB to 1 MiB, at least 2 runs
+// at a time). When there are more runs than fit, it first merges groups of
+// runs (smallest first) into intermediate runs named merge-%06d in tmpDir (the
+// directory of the first run if tmpDir is ""), deleting the intermediates it
+// made; the input runs are never deleted. progress, if not nil, is called
+// every 65536 records and at the end with the number of records written to w
+// so far.
+func Merge(runs []string, tmpDir string, memBytes int, w io.Writer, progress func(done int64)) (written int64, err error) {
+	if tmpDir == "" && len(runs) > 0 {
+		tmpDir = filepath.Dir(runs[0])
+	}
+	bufSize, fanIn := mergePlan(memBytes, len(runs))
+
+	type source struct {
+		path string
+		size int64
+		temp bool // an intermediate made here
+	}
+	srcs := make([]source, len(runs))
+	for i, p := range runs {
+		srcs[i].path = p
+	}
+	if len(srcs) > fanIn {
+		for i := range srcs {
+			fi, err := os.Stat(srcs[i].path)
+			if err != nil {
+				return 0, fmt.Errorf("extsort: merge: %w", err)
+			}
+			srcs[i].size = fi.Size()
+		}
+	}
+	defer func() {
+		for _, s := range srcs {
+			if s.temp {
+				os.Remove(s.path)
+			}
+		}
+	}()
+
+	seq := 0
+	paths := make([]string, 0, fanIn)
+	for len(srcs) > fanIn {
+		// Merge the smallest runs first. The first group is sized so that
+		// every later group is full, which minimises the bytes rewritten.
+		k := (len(srcs)-1)%(fanIn-1) + 1
+		if k < 2 {
+			k = fanIn
+		}
+		slices.SortStableFunc(srcs, func(a, b source) int {
+			return cmp.Compare(a.size, b.size)
+		})
+		paths = paths[:0]
+		for _, s := range srcs[:k] {
+			paths = append(paths, s.path)
+		}
+		f, path, err := createExcl(tmpDir, "merge-%06d", &seq)
+		if err != nil {
+			return 0, fmt.Errorf("extsort: create intermediate run: %w", err)
+		}
+		out := source{path: path, temp: true}
+		bw := bufio.NewWriterSize(f, bufSize)
+		_, out.size, err = mergeInto(paths, bufSize, bw, nil)
+		if err == nil {
+			err = bw.Flush()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+			return 0, fmt.Errorf("extsort: merge into intermediate run %s: %w", path, err)
+		}
+		for _, s := range srcs[:k] {
+			if s.temp {
+				os.Remove(s.path)
+			}
+		}
+		srcs = append(srcs[k:], out)
+	}
+
+	paths = paths[:0]
+	for _, s := range srcs {
+		paths = append(paths, s.path)
+	}
+	bw := bufio.NewWriterSize(w, bufSize)
+	written, _, err = mergeInto(paths, bufSize, bw, progress)
+	if err == nil {
+		if err = bw.Flush(); err != nil {
+			err = fmt.Errorf("extsort: merge output: %w", err)
+		}
+	}
+	if err != nil {
+		return written, err
+	}
+	if progress != nil {
+		progress(written)
+	}
+	return written, nil
+}
+
+// mergeInto merges the runs at paths into w with a loser tree and returns the
+// number of records and of bytes (frames) written.
+func mergeInto(paths []string, bufSize int, w *bufio.Writer, progress func(int64)) (records, size int64, err error) {
+	k := len(paths)
+	files := make([]*os.File, 0, k)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	rd := make([]*Reader, k)
+	cur := make([][]byte, k)
+	key := make([]uint64, k) // first 8 bytes of cur, big-endian, zero-padded
+	live := make([]bool, k)
+	for i, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return 0, 0, fmt.Errorf("extsort: merge: %w", err)
+		}
+		files = append(files, f)
+		rd[i] = NewReader(f, bufSize)
+	}
+	advance := func(i int) error {
+		rec, err := rd[i].Next()
+		if err == nil {
+			cur[i], live[i] = rec, true
+			if len(rec) >= 8 {
+				key[i] = binary.BigEndian.Uint64(rec)
+			} else {
+				var p [8]byte
+				copy(p[:], rec)
+				key[i] = binary.BigEndian.Uint64(p[:])
+			}
+			return nil
+		}
+		cur[i], live[i] = nil, false
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return fmt.Errorf("extsort: read run %s: %w", paths[i], err)
+	}
+	// less reports whether source a's record goes before b's; exhausted
+	// sources go last. Unequal prefix keys decide (see compareEntries);
+	// equal ones fall back to the full records.
+	less := func(a, b int) bool {
+		if !live[b] {
+			return live[a]
+		}
+		if !live[a] {
+			return false
+		}
+		if key[a] != key[b] {
+			return key[a] < key[b]
+		}
+		return bytes.Compare(cur[a], cur[b]) < 0
+	}
+
+	// Loser tree: leaves are sources 0..k-1 at virtual nodes k..2k-1;
+	// tree[1..k-1] hold the loser of the match at each internal node and
+	// tree[0] the overall winner. During construction -1 marks a node that
+	// has not seen its first contender yet.
+	tree := make([]int, max(k, 1))
+	for i := range tree {
+		tree[i] = -1
+	}
+	adjust := func(s int) {
+		for t := (s + k) / 2; t > 0; t /= 2 {
+			switch {
+			case tree[t] == -1:
+				tree[t] = s
+				return
+			case less(tree[t], s):
+				tree[t], s = s, tree[t]
+			}
+		}
+		tree[0] = s
+	}
+	for i := k - 1; i >= 0; i-- {
+		if err := advance(i); err != nil {
+			return 0, 0, err
+		}
+		adjust(i)
+	}
+
+	var hdr [binary.MaxVarintLen64]byte
+	for k > 0 {
+		s := tree[0]
+		if !live[s] {
+			break
+		}
+		rec := cur[s]
+		h := binary.PutUvarint(hdr[:], uint64(len(rec)))
+		w.Write(hdr[:h])
+		if _, err := w.Write(rec); err != nil {
+			return records, size, fmt.Errorf("extsort: merge write: %w", err)
+		}
+		records++
+		size += int64(h + len(rec))
+		if progress != nil && records%progressEvery == 0 {
+			progress(records)
+		}
+		if err := advance(s); err != nil {
+			return records, size, err
+		}
+		adjust(s)
+	}
+	return records, size, nil
+}

@@ -1,0 +1,228 @@
+package fsx
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Method says how a file's data was copied.
+type Method uint8
+
+const (
+	MethodNone      Method = iota // nothing to copy (empty file)
+	MethodClone                   // FICLONE reflink: no data moved
+	MethodCopyRange               // copy_file_range, in the kernel
+	MethodReadWrite               // pread/pwrite through a user buffer
+)
+
+func (m Method) String() string {
+	return [...]string{"none", "reflink", "copy_file_range", "read/write"}[m]
+}
+
+// Capability answers of a (source device, destination device) pair.
+const (
+	capUnknown int32 = iota
+	capYes
+	capNo
+)
+
+type devPair struct{ src, dst uint64 }
+
+type caps struct{ clone, cfr int32 }
+
+// DataCopier copies file contents. One per worker (it owns a buffer); the
+// knowledge of what a pair of filesystems supports is shared through Caps.
+type DataCopier struct {
+	Caps *Caps
+	buf  []byte
+}
+
+// Caps remembers, per pair of devices, whether reflink and copy_file_range
+// work, so that a failing method costs one syscall per pair, not per file.
+type Caps struct {
+	mu sync.Mutex
+	m  map[devPair]caps
+}
+
+// NewCaps returns an empty capability cache.
+func NewCaps() *Caps { return &Caps{m: make(map[devPair]caps)} }
+
+func (c *Caps) get(p devPair) caps {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[p]
+}
+
+func (c *Caps) set(p devPair, f func(*caps)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v := c.m[p]
+	f(&v)
+	c.m[p] = v
+}
+
+// Methods reports, for a device pair, which methods were found to work.
+func (c *Caps) Methods() (clone, cfr bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, v := range c.m {
+		clone = clone || v.clone == capYes
+		cfr = cfr || v.cfr == capYes
+	}
+	return
+}
+
+func unsupported(err error) bool {
+	return errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EOPNOTSUPP) ||
+		errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) ||
+		errors.Is(err, unix.ENOTTY)
+}
+
+// ErrShort means the source ended before the size its stat gave: it was
+// truncated while being copied.
+var ErrShort = errors.New("source shorter than its stat size (changed while copying)")
+
+// Copy copies size bytes of sfd into the empty file dfd. srcDev and dstDev
+// select the capability entry. sparse asks for hole-preserving copy (use it
+// when st_blocks*512 < st_size). It returns the bytes copied and the method.
+func (d *DataCopier) Copy(sfd, dfd int, size int64, sparse bool, srcDev, dstDev uint64) (int64, Method, error) {
+	if size == 0 {
+		return 0, MethodNone, nil
+	}
+	p := devPair{srcDev, dstDev}
+	c := d.Caps.get(p)
+	if c.clone != capNo {
+		err := unix.IoctlFileClone(dfd, sfd)
+		if err == nil {
+			if c.clone != capYes {
+				d.Caps.set(p, func(v *caps) { v.clone = capYes })
+			}
+			return size, MethodClone, nil
+		}
+		if !unsupported(err) {
+			return 0, MethodNone, fmt.Errorf("reflink: %w", err)
+		}
+		if c.clone == capUnknown {
+			d.Caps.set(p, func(v *caps) { v.clone = capNo })
+		}
+	}
+	if sparse {
+		n, m, err := d.copySparse(sfd, dfd, size, p)
+		if err == nil || !errors.Is(err, errNoSeekData) {
+			return n, m, err
+		}
+	}
+	return d.copyRange(sfd, dfd, 0, size, p)
+}
+
+var errNoSeekData = errors.New("SEEK_DATA not supported")
+
+func (d *DataCopier) copySparse(sfd, dfd int, size int64, p devPair) (int64, Method, error) {
+	var total int64
+	method := MethodNone
+	pos := int64(0)
+	for pos < size {
+		data, err := unix.Seek(sfd, pos, unix.SEEK_DATA)
+		if err != nil {
+			if errors.Is(err, unix.ENXIO) {
+				break // only a hole remains
+			}
+			if pos == 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
+				return 0, MethodNone, errNoSeekData
+			}
+			return total, method, fmt.Errorf("seek data: %w", err)
+		}
+		if data >= size {
+			break
+		}
+		hole, err := unix.Seek(sfd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return total, method, fmt.Errorf("seek hole: %w", err)
+		}
+		if hole > size {
+			hole = size
+		}
+		n, m, err := d.copyRange(sfd, dfd, data, hole-data, p)
+		total += n
+		if m > method {
+			method = m
+		}
+		if err != nil {
+			return total, method, err
+		}
+		pos = hole
+	}
+	if err := unix.Ftruncate(dfd, size); err != nil {
+		return total, method, fmt.Errorf("truncate to %d: %w", size, err)
+	}
+	return total, method, nil
+}
+
+// copyRange copies [off, off+n) of sfd to the same offsets of dfd.
+func (d *DataCopier) copyRange(sfd, dfd int, off, n int64, p devPair) (int64, Method, error) {
+	var done int64
+	if d.Caps.get(p).cfr != capNo {
+		for done < n {
+			roff, woff := off+done, off+done
+			chunk := n - done
+			if chunk > 1<<30 {
+				chunk = 1 << 30
+			}
+			k, err := unix.CopyFileRange(sfd, &roff, dfd, &woff, int(chunk), 0)
+			if err != nil {
+				if done == 0 && unsupported(err) {
+					d.Caps.set(p, func(v *caps) { v.cfr = capNo })
+					break
+				}
+				return done, MethodCopyRange, fmt.Errorf("copy_file_range: %w", err)
+			}
+			if k == 0 {
+				// Either EOF (file shrank) or a filesystem that does not
+				// really implement it; read/write below tells which.
+				break
+			}
+			done += int64(k)
+		}
+		if done == n {
+			if d.Caps.get(p).cfr == capUnknown {
+				d.Caps.set(p, func(v *caps) { v.cfr = capYes })
+			}
+			return done, MethodCopyRange, nil
+		}
+	}
+	if d.buf == nil {
+		d.buf = make([]byte, 1<<20)
+	}
+	for done < n {
+		want := n - done
+		if want > int64(len(d.buf)) {
+			want = int64(len(d.buf))
+		}
+		k, err := unix.Pread(sfd, d.buf[:want], off+done)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return done, MethodReadWrite, fmt.Errorf("read: %w", err)
+		}
+		if k == 0 {
+			return done, MethodReadWrite, ErrShort
+		}
+		w := 0
+		for w < k {
+			m, err := unix.Pwrite(dfd, d.buf[w:k], off+done+int64(w))
+			if err != nil {
+				if errors.Is(err, unix.EINTR) {
+					continue
+				}
+				return done, MethodReadWrite, fmt.Errorf("write: %w", err)
+			}
+			w += m
+		}
+		done += int64(k)
+	}
+	return done, MethodReadWrite, nil
+}

@@ -1,0 +1,159 @@
+package fsx
+
+import (
+	"fmt"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Resolver gives a directory's parent id and its name in the parent.
+type Resolver func(id uint32) (parent uint32, name string, err error)
+
+// DirCache hands out fds of the directories of one tree, by directory id,
+// opening each one relative to its parent's fd with O_NOFOLLOW|O_DIRECTORY:
+// no path is ever resolved by the kernel as a whole, so a symlink planted in
+// the tree cannot redirect anything, and paths longer than PATH_MAX work.
+// At most about Cap fds stay open; least recently used ones are closed when
+// nobody holds them. Id 0 is the tree's root and its fd is given.
+type DirCache struct {
+	resolve Resolver
+	flags   int
+	cap     int
+
+	mu   sync.Mutex
+	m    map[uint32]*centry
+	head centry // LRU ring: head.next is most recent
+	// Opens counts directory opens (cache misses), for statistics.
+	Opens int64
+}
+
+type centry struct {
+	id         uint32
+	fd         int
+	refs       int
+	prev, next *centry
+}
+
+// NewDirCache returns a cache over the tree whose root is rootFd. flags are
+// added to O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC when opening (O_PATH for fds that
+// only serve as *at() anchors, O_RDONLY to read them). The root fd is not
+// closed by Close.
+func NewDirCache(rootFd int, resolve Resolver, flags int, capacity int) *DirCache {
+	if capacity < 8 {
+		capacity = 8
+	}
+	c := &DirCache{resolve: resolve, flags: flags | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC, cap: capacity, m: make(map[uint32]*centry)}
+	c.head.prev, c.head.next = &c.head, &c.head
+	root := &centry{id: 0, fd: rootFd, refs: 1 << 30} // never evicted
+	c.m[0] = root
+	return c
+}
+
+func (c *DirCache) unlink(e *centry) {
+	e.prev.next = e.next
+	e.next.prev = e.prev
+}
+
+func (c *DirCache) pushFront(e *centry) {
+	e.prev = &c.head
+	e.next = c.head.next
+	c.head.next.prev = e
+	c.head.next = e
+}
+
+// Acquire returns an fd of directory id; call Release(id) when done with it.
+func (c *DirCache) Acquire(id uint32) (int, error) {
+	c.mu.Lock()
+	if e, ok := c.m[id]; ok {
+		e.refs++
+		if e.prev != nil {
+			c.unlink(e)
+			c.pushFront(e)
+		}
+		c.mu.Unlock()
+		return e.fd, nil
+	}
+	c.mu.Unlock()
+
+	parent, name, err := c.resolve(id)
+	if err != nil {
+		return -1, err
+	}
+	if parent == id {
+		return -1, fmt.Errorf("directory %d is its own parent", id)
+	}
+	pfd, err := c.Acquire(parent)
+	if err != nil {
+		return -1, err
+	}
+	fd, err := unix.Openat(pfd, name, c.flags, 0)
+	c.Release(parent)
+	if err != nil {
+		return -1, err
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.Opens++
+	if e, ok := c.m[id]; ok { // another worker opened it meanwhile
+		unix.Close(fd)
+		e.refs++
+		return e.fd, nil
+	}
+	e := &centry{id: id, fd: fd, refs: 1}
+	c.m[id] = e
+	c.pushFront(e)
+	c.evict()
+	return fd, nil
+}
+
+// Release gives back an fd obtained from Acquire.
+func (c *DirCache) Release(id uint32) {
+	c.mu.Lock()
+	if e, ok := c.m[id]; ok {
+		e.refs--
+	}
+	c.evict()
+	c.mu.Unlock()
+}
+
+// Forget closes and drops the cached fd of id (after the directory was
+// removed or renamed), once nobody holds it.
+func (c *DirCache) Forget(id uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[id]; ok && id != 0 && e.refs == 0 {
+		c.unlink(e)
+		delete(c.m, id)
+		unix.Close(e.fd)
+	}
+}
+
+func (c *DirCache) evict() {
+	for len(c.m) > c.cap {
+		e := c.head.prev
+		for e != &c.head && e.refs > 0 {
+			e = e.prev
+		}
+		if e == &c.head {
+			return // everything is in use
+		}
+		c.unlink(e)
+		delete(c.m, e.id)
+		unix.Close(e.fd)
+	}
+}
+
+// Close closes every cached fd except the root's.
+func (c *DirCache) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, e := range c.m {
+		if id != 0 {
+			unix.Close(e.fd)
+		}
+	}
+	c.m = map[uint32]*centry{0: c.m[0]}
+	c.head.prev, c.head.next = &c.head, &c.head
+}

@@ -1,0 +1,142 @@
+package fsx
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Xattrs copies extended attributes (user.*, trusted.*, security.*, and the
+// system.posix_acl_* ACLs, which are xattrs on Linux). One per worker: it owns
+// its buffers.
+type Xattrs struct {
+	names []byte
+	val   []byte
+}
+
+// XattrError is a failure to set one attribute on the destination.
+type XattrError struct {
+	Name string
+	Err  error
+}
+
+func (e *XattrError) Error() string { return fmt.Sprintf("set xattr %q: %v", e.Name, e.Err) }
+func (e *XattrError) Unwrap() error { return e.Err }
+
+// Kind classifies the error for "report once per kind" summaries: the
+// namespace of the attribute and the errno.
+func (e *XattrError) Kind() string {
+	ns := e.Name
+	if i := bytes.IndexByte([]byte(ns), '.'); i >= 0 {
+		ns = ns[:i]
+	}
+	if ns == "system" {
+		ns = e.Name
+	}
+	return ns + ": " + e.Err.Error()
+}
+
+// ProcPath names the entry name of directory fd dirfd through /proc, so that
+// path-only syscalls (l*xattr) reach it without resolving a long path and
+// without following a symlink in the last component.
+func ProcPath(dirfd int, name string) string {
+	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
+}
+
+type xops struct {
+	list func(dst []byte) (int, error)
+	get  func(name string, dst []byte) (int, error)
+	set  func(name string, val []byte) error
+}
+
+// CopyFd copies every xattr of sfd to dfd. Failures to set an attribute are
+// passed to onErr (which may be nil) and do not stop the others; the error
+// returned is about reading the source.
+func (x *Xattrs) CopyFd(sfd, dfd int, onErr func(*XattrError)) error {
+	return x.copy(xops{
+		list: func(b []byte) (int, error) { return unix.Flistxattr(sfd, b) },
+		get:  func(n string, b []byte) (int, error) { return unix.Fgetxattr(sfd, n, b) },
+		set:  func(n string, v []byte) error { return unix.Fsetxattr(dfd, n, v, 0) },
+	}, onErr)
+}
+
+// CopyPath is CopyFd for entries that cannot be opened (symlinks, devices,
+// fifos, sockets): both are given as paths that are not followed in their
+// last component, typically ProcPath(dirfd, name).
+func (x *Xattrs) CopyPath(src, dst string, onErr func(*XattrError)) error {
+	return x.copy(xops{
+		list: func(b []byte) (int, error) { return unix.Llistxattr(src, b) },
+		get:  func(n string, b []byte) (int, error) { return unix.Lgetxattr(src, n, b) },
+		set:  func(n string, v []byte) error { return unix.Lsetxattr(dst, n, v, 0) },
+	}, onErr)
+}
+
+func noXattrs(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP)
+}
+
+func (x *Xattrs) copy(o xops, onErr func(*XattrError)) error {
+	if x.names == nil {
+		x.names = make([]byte, 4096)
+		x.val = make([]byte, 4096)
+	}
+	n, err := grow(&x.names, o.list)
+	if err != nil {
+		if noXattrs(err) {
+			return nil
+		}
+		return fmt.Errorf("list xattrs: %w", err)
+	}
+	list := x.names[:n]
+	for len(list) > 0 {
+		i := bytes.IndexByte(list, 0)
+		if i < 0 {
+			i = len(list)
+		}
+		name := string(list[:i])
+		if i < len(list) {
+			list = list[i+1:]
+		} else {
+			list = nil
+		}
+		if name == "" {
+			continue
+		}
+		vn, err := grow(&x.val, func(b []byte) (int, error) { return o.get(name, b) })
+		if err != nil {
+			if errors.Is(err, unix.ENODATA) {
+				continue // removed meanwhile
+			}
+			return fmt.Errorf("get xattr %q: %w", name, err)
+		}
+		if err := o.set(name, x.val[:vn]); err != nil && onErr != nil {
+			onErr(&XattrError{Name: name, Err: err})
+		}
+	}
+	return nil
+}
+
+// grow calls f with *buf, growing *buf on ERANGE (up to 64 MiB: the kernel's
+// limit is 64 KiB per value and per list on most filesystems).
+func grow(buf *[]byte, f func([]byte) (int, error)) (int, error) {
+	for {
+		n, err := f(*buf)
+		if err == nil {
+			return n, nil
+		}
+		if !errors.Is(err, unix.ERANGE) || len(*buf) >= 64<<20 {
+			return 0, err
+		}
+		sz, err2 := f(nil)
+		if err2 != nil {
+			return 0, err
+		}
+		if sz <= len(*buf) {
+			sz = 2 * len(*buf)
+		}
+		*buf = make([]byte, sz)
+	}
+}

@@ -1,0 +1,700 @@
+// Package job runs whole commands (copy, move, verify, status) as a
+// sequence of the pipeline's stages, with the journal, progress display,
+// error list and summary around them.
+package job
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"hlcp/internal/copier"
+	"hlcp/internal/extsort"
+	"hlcp/internal/journal"
+	"hlcp/internal/plan"
+	"hlcp/internal/progress"
+	"hlcp/internal/scan"
+)
+
+// Exit codes of every command.
+const (
+	ExitOK          = 0   // done, everything copied / trees identical
+	ExitDiffer      = 1   // verify: the trees differ
+	ExitUsage       = 2   // bad arguments or refused to start; nothing changed
+	ExitPartial     = 3   // finished, but some paths failed or changed while copied
+	ExitStopped     = 4   // stopped (destination full, I/O error, internal); rerun resumes
+	ExitInterrupted = 130 // interrupted by a signal; rerun resumes
+)
+
+// StateName is the default state directory inside DST.
+const StateName = ".hlcp-state"
+
+// DefaultMemory is the default budget for the whole process.
+const DefaultMemory = 128 << 20
+
+// Options of copy (and move).
+type Options struct {
+	Src, Dst        string
+	State           string // state directory; "" = DST/.hlcp-state
+	Jobs            int
+	Memory          int64
+	OneFileSystem   bool
+	Restart         bool
+	Retries         int
+	Progress        progress.Mode
+	Interval        time.Duration
+	Quiet           bool
+	CheckpointEvery time.Duration
+	Stdout, Stderr  io.Writer
+}
+
+// DefaultJobs is the default number of workers: I/O bound work wants more
+// than one per core.
+func DefaultJobs() int {
+	n := 2 * runtime.NumCPU()
+	if n < 4 {
+		n = 4
+	}
+	if n > 16 {
+		n = 16
+	}
+	return n
+}
+
+func (o *Options) defaults() {
+	if o.Jobs <= 0 {
+		o.Jobs = DefaultJobs()
+	}
+	if o.Memory <= 0 {
+		o.Memory = DefaultMemory
+	}
+	if o.Retries < 0 {
+		o.Retries = 0
+	}
+	if o.CheckpointEvery <= 0 {
+		o.CheckpointEvery = 10 * time.Second
+	}
+	if o.Stdout == nil {
+		o.Stdout = os.Stdout
+	}
+	if o.Stderr == nil {
+		o.Stderr = os.Stderr
+	}
+}
+
+// Summary is what a copy did, printed at the end (and as JSON).
+type Summary struct {
+	Command      string        `json:"command"`
+	Src          string        `json:"src"`
+	Dst          string        `json:"dst"`
+	Elapsed      time.Duration `json:"elapsed_ns"`
+	Scan         scan.Stats    `json:"scan"`
+	Plan         plan.Stats    `json:"plan"`
+	Dirs         int64         `json:"dirs"`
+	Inodes       int64         `json:"inodes_created"`
+	Paths        int64         `json:"paths_created"`
+	Links        int64         `json:"links_created"`
+	Bytes        int64         `json:"bytes"`
+	Reflinked    int64         `json:"files_reflinked"`
+	CopyRange    int64         `json:"files_copy_file_range"`
+	ReadWrite    int64         `json:"files_read_write"`
+	SplitGroups  int64         `json:"split_groups"`
+	ExtraCopies  int64         `json:"extra_copies"`
+	ExtraBytes   int64         `json:"extra_bytes"`
+	OutsideLinks int64         `json:"inodes_with_links_outside_src"`
+	Changed      int64         `json:"changed_while_copying"`
+	Errors       int64         `json:"errors"`
+	Warnings     []string      `json:"warnings,omitempty"`
+	PeakRSS      int64         `json:"peak_rss_bytes"`
+	Resumed      bool          `json:"resumed"`
+	ExitCode     int           `json:"exit_code"`
+}
+
+// PeakRSS reads the process's peak resident set size (VmHWM).
+func PeakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(line[6:]), "%d", &kb)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+type runner struct {
+	o       Options
+	rep     *progress.Reporter
+	j       *journal.Journal
+	errs    *errLog
+	srcFd   int
+	dstFd   int
+	start   time.Time
+	sum     Summary
+	stopped atomic.Bool
+	cp      *copier.Copier
+	dirs    *plan.DirTable
+}
+
+// Copy runs `hlcp copy`. It returns the exit code and an error to print
+// (nil when the summary says it all).
+func Copy(o Options) (int, error) {
+	o.defaults()
+	r := &runner{o: o, start: time.Now(), srcFd: -1, dstFd: -1}
+	r.sum.Command, r.sum.Src, r.sum.Dst = "copy", o.Src, o.Dst
+	code, err := r.run()
+	if r.cp != nil {
+		r.cp.Close()
+	}
+	if r.dirs != nil {
+		r.dirs.Close()
+	}
+	if r.srcFd >= 0 {
+		unix.Close(r.srcFd)
+	}
+	if r.dstFd >= 0 {
+		unix.Close(r.dstFd)
+	}
+	return code, err
+}
+
+func (r *runner) run() (int, error) {
+	o := &r.o
+	// Set the memory budget for the Go heap; leave room for stacks,
+	// runtime and buffers outside the heap.
+	limit := o.Memory - 24<<20
+	if limit < 16<<20 {
+		limit = 16 << 20
+	}
+	debug.SetMemoryLimit(limit)
+
+	if err := checkSrc(o.Src); err != nil {
+		return ExitUsage, err
+	}
+	stateDir := o.State
+	stateName := ""
+	if stateDir == "" {
+		stateDir = filepath.Join(o.Dst, StateName)
+		stateName = StateName
+	}
+	if in, err := inside(o.Dst, o.Src); err != nil {
+		return ExitUsage, usagef("check DST: %v", err)
+	} else if in {
+		return ExitUsage, usagef("DST %s is inside SRC %s", Quote(o.Dst), Quote(o.Src))
+	}
+	if o.State != "" {
+		if in, _ := inside(o.State, o.Src); in {
+			return ExitUsage, usagef("--state %s is inside SRC %s", Quote(o.State), Quote(o.Src))
+		}
+	}
+	if stateName != "" {
+		if _, err := os.Lstat(filepath.Join(o.Src, StateName)); err == nil {
+			return ExitUsage, usagef("SRC has an entry named %s, which hlcp uses for its state inside DST: pass --state DIR to keep the state elsewhere", StateName)
+		}
+	}
+	exists, empty, err := dstState(o.Dst, stateName)
+	if err != nil {
+		return ExitUsage, err
+	}
+
+	// Find an earlier job.
+	var old *journal.Journal
+	if exists || o.State != "" {
+		old, err = journal.Open(stateDir)
+		if err != nil && !errors.Is(err, journal.ErrNoJob) {
+			return ExitUsage, usagef("%v (pass --restart to discard it)", err)
+		}
+	}
+	if old != nil && o.Restart {
+		if err := old.Remove(); err != nil {
+			return ExitUsage, usagef("remove old state: %v", err)
+		}
+		old = nil
+		empty = true // what is there is our own partial copy: overwritten
+	}
+	if old == nil && !empty {
+		return ExitUsage, usagef("DST %s is not empty (hlcp copy makes DST an exact copy of SRC; give a new or empty directory)", Quote(o.Dst))
+	}
+	if !exists {
+		if err := os.Mkdir(o.Dst, 0o700); err != nil {
+			return ExitUsage, usagef("create DST: %v", err)
+		}
+	}
+	r.srcFd, err = unix.Open(o.Src, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return ExitUsage, usagef("open SRC: %v", err)
+	}
+	r.dstFd, err = unix.Open(o.Dst, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return ExitUsage, usagef("open DST: %v", err)
+	}
+	id, err := r.identity()
+	if err != nil {
+		return ExitUsage, err
+	}
+	if old != nil {
+		if old.ID != id {
+			return ExitUsage, usagef("DST holds an unfinished job started as `hlcp %s %s %s` (options %q); rerun that command to finish it, or pass --restart to discard its state",
+				old.ID.Command, Quote(old.ID.Src), Quote(old.ID.Dst), old.ID.Options)
+		}
+		r.j = old
+		r.j.Attempts++
+		r.sum.Resumed = true
+	} else {
+		if !exists {
+			// A new DST must not inherit a default ACL from its parent:
+			// files would get ACL entries the source does not have. The
+			// source root's own xattrs are applied at the end.
+			unix.Fremovexattr(r.dstFd, "system.posix_acl_default")
+			unix.Fremovexattr(r.dstFd, "system.posix_acl_access")
+		}
+		r.j, err = journal.Create(stateDir, id)
+		if err != nil {
+			return ExitUsage, err
+		}
+	}
+
+	mode := o.Progress
+	if o.Quiet {
+		mode = progress.Quiet
+	}
+	r.rep = progress.New(o.Stderr, mode, o.Interval)
+	defer r.rep.Close()
+	r.errs, err = newErrLog(r.rep, r.j.Path("errors.log"))
+	if err != nil {
+		return ExitStopped, err
+	}
+	defer r.errs.close()
+	if r.sum.Resumed {
+		r.rep.Logf("resuming the job from phase %s (attempt %d)", r.j.Phase, r.j.Attempts)
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		for range sigs {
+			r.stopped.Store(true)
+			if cp := r.cp; cp != nil && r.j.Phase == journal.PhaseCopy {
+				cp.Stop(errInterrupted)
+				continue
+			}
+			r.rep.Logf("interrupted: the job state is kept; rerun the same command to resume")
+			os.Exit(ExitInterrupted)
+		}
+	}()
+
+	if err := r.phases(); err != nil {
+		return r.stop(err)
+	}
+	return r.finishJob()
+}
+
+var errInterrupted = errors.New("interrupted")
+
+func (r *runner) identity() (journal.Identity, error) {
+	var ss, ds unix.Stat_t
+	if err := unix.Fstat(r.srcFd, &ss); err != nil {
+		return journal.Identity{}, err
+	}
+	if err := unix.Fstat(r.dstFd, &ds); err != nil {
+		return journal.Identity{}, err
+	}
+	src, _ := filepath.Abs(r.o.Src)
+	dst, _ := filepath.Abs(r.o.Dst)
+	opts := fmt.Sprintf("one-file-system=%v", r.o.OneFileSystem)
+	return journal.Identity{Command: "copy", Src: src, Dst: dst, SrcDev: ss.Dev, SrcIno: ss.Ino, DstDev: ds.Dev, DstIno: ds.Ino, Options: opts}, nil
+}
+
+// stop ends a run that could not finish: the state is kept for a rerun.
+func (r *runner) stop(err error) (int, error) {
+	r.fillSummary()
+	code := ExitStopped
+	msg := fmt.Sprintf("stopped in phase %s: %v", r.j.Phase, err)
+	if errors.Is(err, errInterrupted) {
+		code = ExitInterrupted
+		msg = "interrupted"
+	}
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		msg += "\nthe destination is full: free space (or move the job to a larger destination) and rerun the same command to resume"
+	}
+	r.rep.Close()
+	r.printSummary(code)
+	return code, fmt.Errorf("%s\nthe job state is kept in %s; rerun the same command to resume", msg, r.j.Dir)
+}
+
+func (r *runner) save() error {
+	return r.j.Save()
+}
+
+// syncDst makes everything written to the destination filesystem durable.
+func (r *runner) syncDst() error {
+	if err := unix.Syncfs(r.dstFd); err != nil {
+		return fmt.Errorf("syncfs destination: %w", err)
+	}
+	return nil
+}
+
+func (r *runner) phases() error {
+	j := r.j
+	if j.Phase == journal.PhaseScan {
+		if err := r.scanPhase(); err != nil {
+			return err
+		}
+	} else if len(j.Scan) > 0 {
+		json.Unmarshal(j.Scan, &r.sum.Scan)
+	}
+	if j.Phase == journal.PhaseSort {
+		if err := r.sortPhase(); err != nil {
+			return err
+		}
+	} else if len(j.Plan) > 0 {
+		json.Unmarshal(j.Plan, &r.sum.Plan)
+	}
+	dirs, err := plan.OpenDirTable(j.Path("dirs"))
+	if err != nil {
+		return fmt.Errorf("open directory table: %w", err)
+	}
+	r.dirs = dirs
+	r.cp, err = copier.New(r.srcFd, r.dstFd, dirs, copier.Options{
+		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries,
+		OnError: r.errs.add, OnWarn: r.errs.warn,
+	})
+	if err != nil {
+		return err
+	}
+	if j.Phase == journal.PhaseMkdir {
+		ctr := r.rep.Phase("mkdir", "dirs", "")
+		ctr.Total.Store(int64(dirs.Len()))
+		if err := r.cp.MakeDirs(1, func() { ctr.Done.Add(1) }); err != nil {
+			return err
+		}
+		r.rep.End()
+		j.Phase = journal.PhaseCopy
+		if err := r.save(); err != nil {
+			return err
+		}
+	}
+	if j.Phase == journal.PhaseCopy {
+		if err := r.copyPhase(); err != nil {
+			return err
+		}
+	}
+	if j.Phase == journal.PhaseFinish {
+		ctr := r.rep.Phase("finish", "dirs", "")
+		ctr.Total.Store(int64(dirs.Len()))
+		if err := r.cp.Finish(dirs.Len(), false, func() { ctr.Done.Add(1) }); err != nil {
+			return err
+		}
+		r.rep.End()
+		if err := r.syncDst(); err != nil {
+			return err
+		}
+		j.Phase = journal.PhaseDone
+		if err := r.save(); err != nil {
+			return err
+		}
+	}
+	if j.Phase == journal.PhaseDone {
+		return nil
+	}
+	return fmt.Errorf("state in unknown phase %q", j.Phase)
+}
+
+// copyEmitter turns scan output into sort records, batched per worker.
+type copyEmitter struct {
+	ents, dirs *extsort.Sorter
+	ebuf, dbuf []byte
+	eend, dend []int
+	recs       [][]byte
+}
+
+func (e *copyEmitter) Dir(d *plan.Dir, rel []byte) error {
+	e.dbuf = plan.AppendDir(e.dbuf, d)
+	e.dend = append(e.dend, len(e.dbuf))
+	return nil
+}
+
+func (e *copyEmitter) Entry(dir uint32, dev, ino uint64, typ uint8, name []byte, _ []byte, _ *unix.Stat_t) error {
+	e.ebuf = plan.AppendEntry(e.ebuf, dev, ino, dir, typ, name)
+	e.eend = append(e.eend, len(e.ebuf))
+	if len(e.ebuf) >= 256<<10 {
+		return e.flushEntries()
+	}
+	return nil
+}
+
+func (e *copyEmitter) batch(buf []byte, ends []int) [][]byte {
+	e.recs = e.recs[:0]
+	start := 0
+	for _, end := range ends {
+		e.recs = append(e.recs, buf[start:end])
+		start = end
+	}
+	return e.recs
+}
+
+func (e *copyEmitter) flushEntries() error {
+	if len(e.eend) > 0 {
+		if err := e.ents.AddBatch(e.batch(e.ebuf, e.eend)); err != nil {
+			return err
+		}
+	}
+	e.ebuf, e.eend = e.ebuf[:0], e.eend[:0]
+	return nil
+}
+
+func (e *copyEmitter) Flush() error {
+	if err := e.flushEntries(); err != nil {
+		return err
+	}
+	if len(e.dend) > 0 {
+		if err := e.dirs.AddBatch(e.batch(e.dbuf, e.dend)); err != nil {
+			return err
+		}
+	}
+	e.dbuf, e.dend = e.dbuf[:0], e.dend[:0]
+	return nil
+}
+
+func (r *runner) scanPhase() error {
+	j := r.j
+	sdir := j.Path("scan")
+	os.RemoveAll(sdir) // a scan that was interrupted restarts from scratch
+	for _, d := range []string{sdir, filepath.Join(sdir, "e"), filepath.Join(sdir, "d")} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return err
+		}
+	}
+	ents := extsort.New(filepath.Join(sdir, "e"), int(r.o.Memory/2), true)
+	dirs := extsort.New(filepath.Join(sdir, "d"), int(r.o.Memory/16), true)
+	ctr := r.rep.Phase("scan", "paths", "")
+	st, err := scan.Scan(r.o.Src, scan.Options{
+		Jobs: r.o.Jobs, OneFileSystem: r.o.OneFileSystem,
+		NewEmitter: func() scan.Emitter { return &copyEmitter{ents: ents, dirs: dirs} },
+		Counters:   ctr,
+		OnError:    r.errs.add,
+	})
+	if err != nil {
+		return fmt.Errorf("scan: %w", err)
+	}
+	eruns, _, _, err := ents.Finish()
+	if err != nil {
+		return fmt.Errorf("scan: %w", err)
+	}
+	druns, _, _, err := dirs.Finish()
+	if err != nil {
+		return fmt.Errorf("scan: %w", err)
+	}
+	r.rep.End()
+	ents, dirs = nil, nil
+	debug.FreeOSMemory()
+	rel := func(runs []string) []string {
+		out := make([]string, len(runs))
+		for i, p := range runs {
+			out[i], _ = filepath.Rel(j.Dir, p)
+		}
+		return out
+	}
+	j.EntryRuns, j.DirRuns = rel(eruns), rel(druns)
+	r.sum.Scan = st
+	j.Scan, _ = json.Marshal(st)
+	j.Dirs = uint32(st.Dirs)
+	j.Phase = journal.PhaseSort
+	return r.save()
+}
+
+func (r *runner) sortPhase() error {
+	j := r.j
+	abs := func(runs []string) []string {
+		out := make([]string, len(runs))
+		for i, p := range runs {
+			out[i] = j.Path(p)
+		}
+		return out
+	}
+	tmp := j.Path("sorttmp")
+	os.RemoveAll(tmp)
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return err
+	}
+	ctr := r.rep.Phase("sort", "records", "")
+	ctr.Total.Store(r.sum.Scan.Entries)
+	mem := int(r.o.Memory / 4)
+	dt, err := plan.BuildDirTable(abs(j.DirRuns), tmp, j.Path("dirs"), mem)
+	if err != nil {
+		return fmt.Errorf("sort directories: %w (the scan files may be damaged: rerun with --restart)", err)
+	}
+	dt.Close()
+	ps, err := plan.Build(abs(j.EntryRuns), tmp, j.Path("plan"), mem, func(n int64) { ctr.Done.Store(n) })
+	if err != nil {
+		return fmt.Errorf("sort entries: %w (the scan files may be damaged: rerun with --restart)", err)
+	}
+	ctr.Done.Store(ps.Paths)
+	r.rep.End()
+	r.sum.Plan = ps
+	j.Plan, _ = json.Marshal(ps)
+	j.Phase = journal.PhaseMkdir
+	if err := r.save(); err != nil {
+		return err
+	}
+	os.RemoveAll(j.Path("scan"))
+	os.RemoveAll(tmp)
+	return nil
+}
+
+func (r *runner) copyPhase() error {
+	j := r.j
+	ctr := r.rep.Phase("copy", "inodes", "paths")
+	ctr.Total.Store(r.sum.Plan.Groups)
+	if j.Watermark > 0 {
+		if fi, err := os.Stat(j.Path("plan")); err == nil && fi.Size() > 0 {
+			ctr.Done.Store(int64(float64(r.sum.Plan.Groups) * float64(j.Watermark) / float64(fi.Size())))
+		}
+	}
+	ckpt := func(off int64) error {
+		if off == j.Watermark {
+			return nil
+		}
+		if err := r.syncDst(); err != nil {
+			return err
+		}
+		j.Watermark = off
+		j.GroupsDone = r.cp.Stats.Groups.Load()
+		j.PathsDone = r.cp.Stats.Paths.Load()
+		j.BytesDone = r.cp.Stats.Bytes.Load()
+		j.Errors = r.errs.count()
+		return r.save()
+	}
+	err := r.cp.CopyPlan(j.Path("plan"), j.Watermark, ctr, ckpt, r.o.CheckpointEvery)
+	if err != nil {
+		return err
+	}
+	r.rep.End()
+	j.Phase = journal.PhaseFinish
+	return r.save()
+}
+
+// finishJob removes the state and sets the root's metadata last (the state
+// directory lives in the root by default, and removing it changes the
+// root's mtime).
+func (r *runner) finishJob() (int, error) {
+	r.fillSummary()
+	var listed strings.Builder
+	if r.errs.count() > 0 || r.sumErrorsFromEarlier() {
+		r.errs.list(&listed)
+	}
+	r.errs.close()
+	if err := r.j.Remove(); err != nil {
+		r.rep.Logf("warning: remove state directory: %v", err)
+	}
+	if err := r.cp.FinishRoot(); err != nil {
+		return r.stop(err)
+	}
+	if err := r.syncDst(); err != nil {
+		return r.stop(err)
+	}
+	code := ExitOK
+	if r.sum.Errors > 0 || r.sum.Changed > 0 || listed.Len() > 0 {
+		code = ExitPartial
+	}
+	r.rep.Close()
+	if listed.Len() > 0 {
+		fmt.Fprintf(r.o.Stderr, "errors (%d):\n%s", strings.Count(listed.String(), "\n"), listed.String())
+	}
+	r.printSummary(code)
+	return code, nil
+}
+
+func (r *runner) sumErrorsFromEarlier() bool { return r.j.Errors > 0 }
+
+func (r *runner) fillSummary() {
+	s := &r.sum
+	s.Elapsed = time.Since(r.start)
+	if cp := r.cp; cp != nil {
+		st := &cp.Stats
+		s.Dirs = st.Dirs.Load()
+		s.Inodes = st.Groups.Load()
+		s.Paths = st.Paths.Load()
+		s.Links = st.Links.Load()
+		s.Bytes = st.Bytes.Load()
+		s.Reflinked = st.Cloned.Load()
+		s.CopyRange = st.CopyRange.Load()
+		s.ReadWrite = st.ReadWrite.Load()
+		s.SplitGroups = st.SplitGroups.Load()
+		s.ExtraCopies = st.ExtraCopies.Load()
+		s.ExtraBytes = st.ExtraBytes.Load()
+		s.OutsideLinks = st.OutsideLinks.Load()
+		s.Changed = st.Changed.Load()
+	}
+	if r.errs != nil {
+		s.Errors = r.errs.count()
+		s.Warnings = r.errs.warnings()
+	}
+	s.PeakRSS = PeakRSS()
+}
+
+func (r *runner) printSummary(code int) {
+	s := &r.sum
+	s.ExitCode = code
+	w := r.o.Stdout
+	if r.o.Progress == progress.JSON {
+		b, _ := json.Marshal(s)
+		fmt.Fprintf(w, "%s\n", b)
+		return
+	}
+	if r.o.Quiet {
+		return
+	}
+	c := progress.Count
+	status := "done"
+	switch code {
+	case ExitPartial:
+		status = "done with errors"
+	case ExitStopped:
+		status = "stopped"
+	case ExitInterrupted:
+		status = "interrupted"
+	}
+	fmt.Fprintf(w, "hlcp %s %s -> %s: %s in %s\n", s.Command, Quote(s.Src), Quote(s.Dst), status, progress.Duration(s.Elapsed))
+	fmt.Fprintf(w, "  source        %s paths: %s directories, %s other paths (%s lstat'ed)\n",
+		c(s.Scan.Dirs+s.Scan.Entries), c(s.Scan.Dirs), c(s.Scan.Entries), c(s.Scan.Lstats))
+	fmt.Fprintf(w, "  inodes        %s (%s regular, %s symlinks, %s other); %s with several paths, largest %s paths\n",
+		c(s.Plan.Groups), c(s.Plan.ByType[8]), c(s.Plan.ByType[10]),
+		c(s.Plan.Groups-s.Plan.ByType[8]-s.Plan.ByType[10]), c(s.Plan.LinkGroups), c(s.Plan.MaxLinks))
+	fmt.Fprintf(w, "  created       %s directories, %s inodes, %s hard links\n", c(s.Dirs), c(s.Inodes), c(s.Links))
+	fmt.Fprintf(w, "  data          %s (%s files reflinked, %s copy_file_range, %s read/write)\n",
+		progress.Bytes(s.Bytes), c(s.Reflinked), c(s.CopyRange), c(s.ReadWrite))
+	if s.OutsideLinks > 0 {
+		fmt.Fprintf(w, "  note          %s inodes have hard links outside SRC; their paths inside SRC are linked together in DST\n", c(s.OutsideLinks))
+	}
+	if s.SplitGroups > 0 {
+		fmt.Fprintf(w, "  split         %s inodes had more links than the destination allows per inode (EMLINK): copied again %s times\n", c(s.SplitGroups), c(s.ExtraCopies))
+	} else if s.ExtraCopies > 0 {
+		fmt.Fprintf(w, "  no hard links %s extra copies (%s) because the destination cannot hard-link\n", c(s.ExtraCopies), progress.Bytes(s.ExtraBytes))
+	}
+	if s.Changed > 0 {
+		fmt.Fprintf(w, "  changed       %s files changed while being copied (listed above)\n", c(s.Changed))
+	}
+	for _, wmsg := range s.Warnings {
+		fmt.Fprintf(w, "  warning       %s\n", wmsg)
+	}
+	fmt.Fprintf(w, "  errors        %s\n", c(s.Errors))
+	fmt.Fprintf(w, "  peak memory   %s (budget %s)\n", progress.Bytes(s.PeakRSS), progress.Bytes(r.o.Memory))
+}

@@ -1,0 +1,114 @@
+package job
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"unicode"
+	"unicode/utf8"
+
+	"hlcp/internal/progress"
+)
+
+// Quote returns p as is when it is printable UTF-8 without spaces at its
+// ends, and Go-quoted otherwise, so that every message is one line and
+// names with newlines or invalid bytes stay unambiguous.
+func Quote(p string) string {
+	if p == "" {
+		return "."
+	}
+	if !utf8.ValidString(p) {
+		return strconv.Quote(p)
+	}
+	for _, r := range p {
+		if !unicode.IsPrint(r) || r == '"' || r == '\\' {
+			return strconv.Quote(p)
+		}
+	}
+	if p[0] == ' ' || p[len(p)-1] == ' ' {
+		return strconv.Quote(p)
+	}
+	return p
+}
+
+// errLog records per-path errors: shown live (through the progress
+// reporter, so the live line is not garbled), spooled to a file in the
+// state directory (memory does not grow with the number of errors), and
+// listed again at the end.
+type errLog struct {
+	mu    sync.Mutex
+	rep   *progress.Reporter
+	path  string
+	f     *os.File
+	w     *bufio.Writer
+	n     int64
+	warns map[string]bool
+	warnL []string
+}
+
+func newErrLog(rep *progress.Reporter, path string) (*errLog, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open error log: %w", err)
+	}
+	return &errLog{rep: rep, path: path, f: f, w: bufio.NewWriter(f), warns: make(map[string]bool)}, nil
+}
+
+func (e *errLog) add(rel string, err error) {
+	line := fmt.Sprintf("%s: %v", Quote(rel), err)
+	e.mu.Lock()
+	e.n++
+	e.w.WriteString(line)
+	e.w.WriteByte('\n')
+	e.mu.Unlock()
+	e.rep.Logf("error: %s", line)
+}
+
+func (e *errLog) warn(key, msg string) {
+	e.mu.Lock()
+	if e.warns[key] {
+		e.mu.Unlock()
+		return
+	}
+	e.warns[key] = true
+	e.warnL = append(e.warnL, msg)
+	e.mu.Unlock()
+	e.rep.Logf("warning: %s", msg)
+}
+
+func (e *errLog) count() int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.n
+}
+
+func (e *errLog) warnings() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.warnL...)
+}
+
+// list copies every spooled error (of this and earlier attempts) to w.
+func (e *errLog) list(w io.Writer) (int64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.w.Flush(); err != nil {
+		return 0, err
+	}
+	f, err := os.Open(e.path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return io.Copy(w, f)
+}
+
+func (e *errLog) close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.w.Flush()
+	return e.f.Close()
+}

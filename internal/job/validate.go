@@ -1,0 +1,136 @@
+package job
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// UsageError is a bad argument: nothing was changed.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+func usagef(format string, args ...any) error {
+	return &UsageError{Msg: fmt.Sprintf(format, args...)}
+}
+
+// devIno of a path, following symlinks (used for the path the user gave).
+func devIno(p string) (uint64, uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		return 0, 0, err
+	}
+	return st.Dev, st.Ino, nil
+}
+
+// checkSrc validates SRC: an existing directory, not a symlink.
+func checkSrc(src string) error {
+	fi, err := os.Lstat(src)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return usagef("SRC %s does not exist", Quote(src))
+		}
+		return usagef("SRC %s: %v", Quote(src), err)
+	}
+	if fi.Mode()&os.ModeSymlink != 0 {
+		t, _ := os.Readlink(src)
+		return usagef("SRC %s is a symlink (to %s); hlcp never follows symlinks: give the directory itself", Quote(src), Quote(t))
+	}
+	if !fi.IsDir() {
+		return usagef("SRC %s is not a directory (hlcp copies directory trees)", Quote(src))
+	}
+	return nil
+}
+
+// realPath resolves the existing part of p through symlinks and appends
+// the rest, so that ancestry can be compared.
+func realPath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	rest := ""
+	cur := abs
+	for {
+		r, err := filepath.EvalSymlinks(cur)
+		if err == nil {
+			return filepath.Join(r, rest), nil
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return abs, nil
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
+}
+
+// inside reports whether path p is src or lies below it, comparing
+// (dev, ino) of p's ancestors with src's so that bind mounts and symlinked
+// spellings do not hide it.
+func inside(p, src string) (bool, error) {
+	sd, si, err := devIno(src)
+	if err != nil {
+		return false, err
+	}
+	rp, err := realPath(p)
+	if err != nil {
+		return false, err
+	}
+	for cur := rp; ; {
+		if d, i, err := devIno(cur); err == nil && d == sd && i == si {
+			return true, nil
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return false, nil
+		}
+		cur = parent
+	}
+}
+
+// dstState describes DST before the job: whether it exists and whether it
+// holds anything but the job's own state directory.
+func dstState(dst, stateName string) (exists, empty bool, err error) {
+	fi, err := os.Lstat(dst)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			parent := filepath.Dir(dst)
+			pfi, perr := os.Stat(parent)
+			if perr != nil || !pfi.IsDir() {
+				return false, false, usagef("DST %s: its parent directory %s does not exist", Quote(dst), Quote(parent))
+			}
+			return false, true, nil
+		}
+		return false, false, usagef("DST %s: %v", Quote(dst), err)
+	}
+	if fi.Mode()&os.ModeSymlink != 0 {
+		return false, false, usagef("DST %s is a symlink; hlcp never follows symlinks: give the directory itself", Quote(dst))
+	}
+	if !fi.IsDir() {
+		return false, false, usagef("DST %s exists and is not a directory", Quote(dst))
+	}
+	d, err := os.Open(dst)
+	if err != nil {
+		return true, false, usagef("DST %s: %v", Quote(dst), err)
+	}
+	defer d.Close()
+	for {
+		names, err := d.Readdirnames(64)
+		for _, n := range names {
+			if n != stateName {
+				return true, false, nil
+			}
+		}
+		if err == io.EOF || len(names) == 0 {
+			return true, true, nil
+		}
+		if err != nil {
+			return true, false, err
+		}
+	}
+}

@@ -1,0 +1,135 @@
+package plan
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+
+	"hlcp/internal/extsort"
+)
+
+// Stats describes a plan: its paths and inode groups.
+type Stats struct {
+	Paths      int64 `json:"paths"`       // non-directory paths
+	Groups     int64 `json:"groups"`      // distinct (dev, ino): inodes to create
+	LinkGroups int64 `json:"link_groups"` // groups with more than one path
+	MaxLinks   int64 `json:"max_links"`   // paths in the largest group
+	// Inodes by type (index: DT_* value).
+	ByType [16]int64 `json:"by_type"`
+}
+
+// Build merges the sorted entry runs into the plan file at path (written to
+// a temporary name, fsynced, then renamed) and returns its statistics.
+// progress, if not nil, gets the number of records written so far.
+func Build(runs []string, tmpDir, path string, memBytes int, progress func(int64)) (Stats, error) {
+	var st Stats
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return st, err
+	}
+	defer f.Close()
+	bw := bufio.NewWriterSize(f, 1<<20)
+
+	// The merge writes framed records into a pipe; this side counts the
+	// groups as they stream past and writes them to the plan file.
+	pr, pw := io.Pipe()
+	merr := make(chan error, 1)
+	go func() {
+		_, err := extsort.Merge(runs, tmpDir, memBytes, pw, progress)
+		pw.CloseWithError(err)
+		merr <- err
+	}()
+	r := extsort.NewReader(pr, 1<<20)
+	var prev, frame []byte
+	var cur int64
+	endGroup := func() {
+		if cur > 1 {
+			st.LinkGroups++
+		}
+		if cur > st.MaxLinks {
+			st.MaxLinks = cur
+		}
+	}
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			pr.CloseWithError(err)
+			<-merr
+			return st, fmt.Errorf("build plan: %w", err)
+		}
+		if len(rec) <= EntryHeader {
+			pr.CloseWithError(io.ErrUnexpectedEOF)
+			<-merr
+			return st, fmt.Errorf("build plan: bad entry record of %d bytes", len(rec))
+		}
+		st.Paths++
+		if prev == nil || !SameInode(prev, rec) {
+			if prev != nil {
+				endGroup()
+			}
+			st.Groups++
+			st.ByType[rec[20]&15]++
+			cur = 0
+			prev = append(prev[:0], rec...)
+		}
+		cur++
+		frame = extsort.AppendFrame(frame[:0], rec)
+		if _, err := bw.Write(frame); err != nil {
+			pr.CloseWithError(err)
+			<-merr
+			return st, err
+		}
+	}
+	if prev != nil {
+		endGroup()
+	}
+	if err := <-merr; err != nil {
+		return st, fmt.Errorf("merge entries: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return st, err
+	}
+	if err := f.Sync(); err != nil {
+		return st, err
+	}
+	if err := f.Close(); err != nil {
+		return st, err
+	}
+	return st, os.Rename(tmp, path)
+}
+
+// Reader reads a plan file's entries from a given offset.
+type Reader struct {
+	f *os.File
+	r *extsort.Reader
+	// base is the file offset where r started.
+	base int64
+}
+
+// OpenReader opens the plan at path and positions it at offset (a value
+// returned by Offset earlier, or 0).
+func OpenReader(path string, offset int64) (*Reader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Reader{f: f, r: extsort.NewReader(f, 1<<20), base: offset}, nil
+}
+
+// Next returns the next encoded entry (valid until the next call) or io.EOF.
+func (p *Reader) Next() ([]byte, error) { return p.r.Next() }
+
+// Offset is the file offset of the next entry.
+func (p *Reader) Offset() int64 { return p.base + p.r.Offset() }
+
+// Close closes the file.
+func (p *Reader) Close() error { return p.f.Close() }
