@@ -171,7 +171,7 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 		if big != nil && big.nlink > uint64(groupLen) {
 			c.Stats.OutsideLinks.Add(1)
 		}
-		if bigSkipped > 0 {
+		if bigSkipped > 0 && c.Fatal() == nil {
 			c.fail(bigHead.Dir, bigHead.Name, fmt.Errorf("%d more links of this inode were not created", bigSkipped))
 		}
 		big, bigFailed, bigSkipped = nil, false, 0
@@ -316,6 +316,8 @@ func (w *worker) run(t *task) *linkSrc {
 			if t.result == nil && ls.nlink > uint64(j-i) {
 				w.c.Stats.OutsideLinks.Add(1)
 			}
+		} else if w.c.Fatal() != nil {
+			return nil // stopping: the rest is redone from the checkpoint
 		} else if j-i > 1 {
 			w.c.fail(e.Dir, e.Name, fmt.Errorf("%d other links of this inode were not created", j-i-1))
 		}

@@ -40,8 +40,8 @@ type centry struct {
 // only serve as *at() anchors, O_RDONLY to read them). The root fd is not
 // closed by Close.
 func NewDirCache(rootFd int, resolve Resolver, flags int, capacity int) *DirCache {
-	if capacity < 8 {
-		capacity = 8
+	if capacity < 2 {
+		capacity = 2
 	}
 	c := &DirCache{resolve: resolve, flags: flags | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC, cap: capacity, m: make(map[uint32]*centry)}
 	c.head.prev, c.head.next = &c.head, &c.head

@@ -44,7 +44,10 @@ type Emitter interface {
 type Options struct {
 	Jobs          int
 	OneFileSystem bool // do not descend into mount points (like rsync -x)
-	NewEmitter    func() Emitter
+	// LstatAll lstats every entry, as on filesystems whose getdents
+	// cannot be trusted (a safety switch, and how tests reach that path).
+	LstatAll   bool
+	NewEmitter func() Emitter
 	// Counters: Done counts paths (directories and entries) seen.
 	Counters *progress.Counters
 	// OnError reports a per-path problem; the scan goes on.
@@ -354,7 +357,7 @@ func (w *worker) process(it item) int {
 	h.refs.Store(1)
 	defer h.release()
 
-	lstatAll := !s.trusted(fd, st.Dev)
+	lstatAll := s.opt.LstatAll || !s.trusted(fd, st.Dev)
 	children := 0
 	for {
 		n, err := unix.Getdents(fd, w.buf)

@@ -1,0 +1,204 @@
+package plan
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"hlcp/internal/extsort"
+)
+
+func TestEntryRoundTrip(t *testing.T) {
+	cases := []struct {
+		dev, ino uint64
+		dir      uint32
+		typ      uint8
+		name     string
+	}{
+		{1, 2, 3, 8, "a"},
+		{^uint64(0), ^uint64(0), ^uint32(0), 10, "caf\xe9\nwith newline"},
+		{0, 0, 0, 1, string(bytes.Repeat([]byte("x"), 255))},
+	}
+	for _, c := range cases {
+		rec := AppendEntry(nil, c.dev, c.ino, c.dir, c.typ, []byte(c.name))
+		e, err := DecodeEntry(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Dev != c.dev || e.Ino != c.ino || e.Dir != c.dir || e.Type != c.typ || string(e.Name) != c.name {
+			t.Errorf("round trip of %+v gave %+v", c, e)
+		}
+	}
+	if _, err := DecodeEntry(make([]byte, EntryHeader)); err == nil {
+		t.Error("an entry without a name must not decode")
+	}
+}
+
+// The encoding must sort by (dev, ino) first: that is what makes groups.
+func TestEntryOrder(t *testing.T) {
+	a := AppendEntry(nil, 1, 300, 9, 8, []byte("zzz"))
+	b := AppendEntry(nil, 1, 301, 0, 8, []byte("a"))
+	c := AppendEntry(nil, 2, 1, 0, 8, []byte("a"))
+	if !(bytes.Compare(a, b) < 0 && bytes.Compare(b, c) < 0) {
+		t.Error("entries do not sort by (dev, ino)")
+	}
+	if !SameInode(a, AppendEntry(nil, 1, 300, 0, 10, []byte("q"))) || SameInode(a, b) {
+		t.Error("SameInode wrong")
+	}
+}
+
+func TestDirRoundTrip(t *testing.T) {
+	d := Dir{ID: 7, Parent: 3, Dev: 11, Ino: 12, Mode: unix.S_IFDIR | 0o1777, Uid: 1234, Gid: 5678,
+		Atime: unix.Timespec{Sec: -5, Nsec: 999999999}, Mtime: unix.Timespec{Sec: 1600000000, Nsec: 123}, Flags: DirUnreadable, Name: []byte("n\xff")}
+	var got Dir
+	if err := DecodeDir(AppendDir(nil, &d), &got); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(d) {
+		t.Errorf("got %+v want %+v", got, d)
+	}
+}
+
+// TestDirTable builds a table from shuffled records across several runs and
+// reads it by id, forwards and backwards, and as paths.
+func TestDirTable(t *testing.T) {
+	dir := t.TempDir()
+	const n = 20000
+	s := extsort.New(dir, 1<<20, false)
+	rng := rand.New(rand.NewSource(1))
+	for _, i := range rng.Perm(n) {
+		d := Dir{ID: uint32(i), Parent: uint32(i / 2), Mode: uint32(i), Name: []byte(fmt.Sprintf("d%d", i))}
+		if i == 0 {
+			d.Name = nil
+		}
+		if err := s.Add(AppendDir(nil, &d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runs, _, _, err := s.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) < 2 {
+		t.Fatalf("want several runs, got %d", len(runs))
+	}
+	tab, err := BuildDirTable(runs, dir, filepath.Join(dir, "dirs"), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tab.Close()
+	if tab.Len() != n {
+		t.Fatalf("Len %d", tab.Len())
+	}
+	var d Dir
+	for _, id := range []uint32{0, 1, 2, 999, n - 1} {
+		if err := tab.Get(id, &d); err != nil || d.ID != id || d.Mode != id {
+			t.Errorf("Get(%d) = %+v, %v", id, d, err)
+		}
+	}
+	if err := tab.Get(n, &d); err == nil {
+		t.Error("Get past the end must fail")
+	}
+	if p := tab.Path(6); p != "d1/d3/d6" {
+		t.Errorf("Path(6) = %q", p)
+	}
+	next := uint32(5)
+	if err := tab.Scan(5, func(d *Dir) error {
+		if d.ID != next {
+			return fmt.Errorf("scan: id %d want %d", d.ID, next)
+		}
+		next++
+		return nil
+	}); err != nil || next != n {
+		t.Errorf("Scan: %v (ended at %d)", err, next)
+	}
+	want := uint32(n - 1)
+	seen := 0
+	if err := tab.ScanReverse(n, func(d *Dir) error {
+		if d.ID != want {
+			return fmt.Errorf("reverse: id %d want %d", d.ID, want)
+		}
+		want--
+		seen++
+		return nil
+	}); err != nil || seen != n {
+		t.Errorf("ScanReverse: %v (%d seen)", err, seen)
+	}
+}
+
+// TestDirTableGap: a missing id is an error, not a silent shift.
+func TestDirTableGap(t *testing.T) {
+	dir := t.TempDir()
+	s := extsort.New(dir, 1<<20, false)
+	for _, id := range []uint32{0, 1, 3} {
+		s.Add(AppendDir(nil, &Dir{ID: id}))
+	}
+	runs, _, _, _ := s.Finish()
+	if _, err := BuildDirTable(runs, dir, filepath.Join(dir, "dirs"), 1<<20); err == nil {
+		t.Fatal("a table with a gap in its ids must be refused")
+	}
+}
+
+// TestBuildPlan checks group statistics and that the reader resumes at an
+// offset.
+func TestBuildPlan(t *testing.T) {
+	dir := t.TempDir()
+	s := extsort.New(dir, 1<<20, false)
+	// inode i has (i % 5) + 1 paths; 1000 inodes.
+	paths := 0
+	for i := 0; i < 1000; i++ {
+		for k := 0; k <= i%5; k++ {
+			s.Add(AppendEntry(nil, 1, uint64(1000-i), uint32(k), 8, []byte(fmt.Sprintf("f%d-%d", i, k))))
+			paths++
+		}
+	}
+	runs, _, _, _ := s.Finish()
+	path := filepath.Join(dir, "plan")
+	st, err := Build(runs, dir, path, 1<<20, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Paths != int64(paths) || st.Groups != 1000 || st.LinkGroups != 800 || st.MaxLinks != 5 || st.ByType[8] != 1000 {
+		t.Errorf("stats %+v", st)
+	}
+	r, err := OpenReader(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offs []int64
+	var recs [][]byte
+	for {
+		off := r.Offset()
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		offs = append(offs, off)
+		recs = append(recs, append([]byte(nil), rec...))
+	}
+	r.Close()
+	for i := 1; i < len(recs); i++ {
+		if bytes.Compare(recs[i-1], recs[i]) > 0 {
+			t.Fatalf("plan not sorted at %d", i)
+		}
+	}
+	mid := len(recs) / 2
+	r2, _ := OpenReader(path, offs[mid])
+	defer r2.Close()
+	rec, err := r2.Next()
+	if err != nil || !bytes.Equal(rec, recs[mid]) || r2.Offset() != offs[mid+1] {
+		t.Errorf("resume at offset: %v", err)
+	}
+	if fi, _ := os.Stat(path + ".tmp"); fi != nil {
+		t.Error("temporary plan left behind")
+	}
+}
