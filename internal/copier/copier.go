@@ -48,6 +48,7 @@ type Stats struct {
 	Bytes        atomic.Int64 // data bytes written (or cloned)
 	Cloned       atomic.Int64 // files reflinked
 	CopyRange    atomic.Int64 // files copied with copy_file_range
+	Sendfile     atomic.Int64 // files copied with sendfile (across filesystems)
 	ReadWrite    atomic.Int64 // files copied through a buffer
 	Dirs         atomic.Int64 // directories created
 	SplitGroups  atomic.Int64 // groups split because of EMLINK
@@ -81,7 +82,7 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error
 		opt.Jobs = 1
 	}
 	if opt.DirCacheSize == 0 {
-		opt.DirCacheSize = 1024
+		opt.DirCacheSize = fsx.DirCacheSize(2)
 	}
 	if opt.OnError == nil {
 		opt.OnError = func(string, error) {}

@@ -103,8 +103,9 @@ func (t *tracker) get() int64 {
 
 // CopyPlan copies every group of the plan file from offset from (a
 // watermark of an earlier run, or 0). checkpoint, if not nil, is called
-// about every `every` with the current watermark, and once at the end; an
-// error from it stops the copy. ctr gets groups (Done), paths and bytes.
+// from another goroutine about every `every` with the current watermark,
+// and once at the end; an error from it stops the copy. ctr gets groups
+// (Done), paths and bytes.
 func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, checkpoint func(off int64) error, every time.Duration) error {
 	r, err := plan.OpenReader(path, from)
 	if err != nil {
@@ -163,9 +164,32 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 		bigFailed  bool
 		bigSkipped int64
 		bigHead    plan.Entry
-		lastCkpt   = time.Now()
 		rerr       error
 	)
+	// Checkpoints run beside the copy: the watermark is taken first, then
+	// the checkpoint (syncfs + journal) makes everything below it durable,
+	// while the workers go on.
+	stopCkpt := make(chan struct{})
+	ckptDone := make(chan struct{})
+	go func() {
+		defer close(ckptDone)
+		if every <= 0 || checkpoint == nil {
+			return
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopCkpt:
+				return
+			case <-t.C:
+				if err := checkpoint(tr.get()); err != nil {
+					c.setFatal(fmt.Errorf("checkpoint: %w", err))
+					return
+				}
+			}
+		}
+	}()
 	// endBig closes a large group: its last chunk carries the group's end offset.
 	endBig := func() {
 		if big != nil && big.nlink > uint64(groupLen) {
@@ -213,13 +237,6 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 			}
 			prev = append(prev[:0], rec...)
 			groupStart, groupLen, groupOff = len(cur.recs), 0, off
-			if every > 0 && checkpoint != nil && time.Since(lastCkpt) >= every {
-				if err := checkpoint(tr.get()); err != nil {
-					rerr = err
-					break
-				}
-				lastCkpt = time.Now()
-			}
 		}
 		groupLen++
 		if bigFailed {
@@ -268,6 +285,8 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 	}
 	close(tasks)
 	wg.Wait()
+	close(stopCkpt)
+	<-ckptDone
 	if rerr != nil {
 		return rerr
 	}
@@ -547,6 +566,8 @@ func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.
 			c.Stats.Cloned.Add(1)
 		case fsx.MethodCopyRange:
 			c.Stats.CopyRange.Add(1)
+		case fsx.MethodSendfile:
+			c.Stats.Sendfile.Add(1)
 		case fsx.MethodReadWrite:
 			c.Stats.ReadWrite.Add(1)
 		}

@@ -3,6 +3,7 @@ package fsx
 import (
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -16,10 +17,11 @@ const (
 	MethodClone                   // FICLONE reflink: no data moved
 	MethodCopyRange               // copy_file_range, in the kernel
 	MethodReadWrite               // pread/pwrite through a user buffer
+	MethodSendfile                // sendfile: in the kernel, across filesystems
 )
 
 func (m Method) String() string {
-	return [...]string{"none", "reflink", "copy_file_range", "read/write"}[m]
+	return [...]string{"none", "reflink", "copy_file_range", "read/write", "sendfile"}[m]
 }
 
 // Capability answers of a (source device, destination device) pair.
@@ -31,7 +33,7 @@ const (
 
 type devPair struct{ src, dst uint64 }
 
-type caps struct{ clone, cfr int32 }
+type caps struct{ clone, cfr, sendfile int32 }
 
 // DataCopier copies file contents. One per worker (it owns a buffer); the
 // knowledge of what a pair of filesystems supports is shared through Caps.
@@ -191,6 +193,38 @@ func (d *DataCopier) copyRange(sfd, dfd int, off, n int64, p devPair) (int64, Me
 				d.Caps.set(p, func(v *caps) { v.cfr = capYes })
 			}
 			return done, MethodCopyRange, nil
+		}
+	}
+	// Across filesystems copy_file_range says EXDEV; sendfile still copies
+	// page cache to page cache in the kernel, without a user buffer.
+	if done < n && d.Caps.get(p).sendfile != capNo {
+		if _, err := unix.Seek(dfd, off+done, io.SeekStart); err == nil {
+			start := done
+			for done < n {
+				roff := off + done
+				chunk := min(n-done, 1<<30)
+				k, err := unix.Sendfile(dfd, sfd, &roff, int(chunk))
+				if err != nil {
+					if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+						continue
+					}
+					if done == start && unsupported(err) {
+						d.Caps.set(p, func(v *caps) { v.sendfile = capNo })
+						break
+					}
+					return done, MethodSendfile, fmt.Errorf("sendfile: %w", err)
+				}
+				if k == 0 {
+					break // EOF: read/write below tells whether it shrank
+				}
+				done += int64(k)
+			}
+			if done == n {
+				if d.Caps.get(p).sendfile == capUnknown {
+					d.Caps.set(p, func(v *caps) { v.sendfile = capYes })
+				}
+				return done, MethodSendfile, nil
+			}
 		}
 	}
 	if d.buf == nil {

@@ -157,3 +157,15 @@ func (c *DirCache) Close() {
 	c.m = map[uint32]*centry{0: c.m[0]}
 	c.head.prev, c.head.next = &c.head, &c.head
 }
+
+// DirCacheSize is a capacity for one of n directory caches of a process:
+// a share of the open-file limit (which Go raises to the hard limit), kept
+// between 256 and 65536 fds.
+func DirCacheSize(n int) int {
+	var r unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err != nil {
+		return 1024
+	}
+	c := (int64(r.Cur) - 512) / int64(2*n)
+	return int(min(max(c, 256), 65536))
+}

@@ -167,9 +167,10 @@ func TestCopyData(t *testing.T) {
 		{"sparse leading data trailing hole", 32 << 20, []region{{0, rnd(4096)}, {20 << 20, rnd(4096)}}, true},
 		{"all hole", 8 << 20, nil, true},
 	}
-	for _, forceRW := range []bool{false, true} {
+	for _, mode := range []string{"", "sendfile", "read-write"} {
+		forceRW := mode != ""
 		for _, c := range cases {
-			t.Run(c.name+map[bool]string{false: "", true: "/read-write"}[forceRW], func(t *testing.T) {
+			t.Run(c.name+"/"+mode, func(t *testing.T) {
 				sp := filepath.Join(dir, "s-"+c.name)
 				f, _ := os.Create(sp)
 				for _, r := range c.parts {
@@ -183,16 +184,20 @@ func TestCopyData(t *testing.T) {
 				os.Remove(dp)
 				dfd, _ := unix.Open(dp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
 				dc := &DataCopier{Caps: NewCaps()}
-				if forceRW {
+				switch mode {
+				case "sendfile":
 					dc.Caps.m[devPair{1, 2}] = caps{clone: capNo, cfr: capNo}
+				case "read-write":
+					dc.Caps.m[devPair{1, 2}] = caps{clone: capNo, cfr: capNo, sendfile: capNo}
 				}
 				n, m, err := dc.Copy(sfd, dfd, c.size, c.sparse, 1, 2)
 				unix.Close(dfd)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if forceRW && c.size > 0 && len(c.parts) > 0 && m != MethodReadWrite {
-					t.Errorf("method %v, want read/write", m)
+				want := map[string]Method{"sendfile": MethodSendfile, "read-write": MethodReadWrite}[mode]
+				if forceRW && c.size > 0 && len(c.parts) > 0 && m != want {
+					t.Errorf("method %v, want %v", m, want)
 				}
 				a, _ := os.ReadFile(sp)
 				b, _ := os.ReadFile(dp)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -79,6 +80,17 @@ func noXattrs(err error) bool {
 }
 
 func (x *Xattrs) copy(o xops, onErr func(*XattrError)) error {
+	return x.each(o, func(name string, val []byte) error {
+		if err := o.set(name, val); err != nil && onErr != nil {
+			onErr(&XattrError{Name: name, Err: err})
+		}
+		return nil
+	})
+}
+
+// each calls fn with every attribute's name and value (valid during the
+// call). A filesystem without xattr support has none.
+func (x *Xattrs) each(o xops, fn func(name string, val []byte) error) error {
 	if x.names == nil {
 		x.names = make([]byte, 4096)
 		x.val = make([]byte, 4096)
@@ -112,8 +124,8 @@ func (x *Xattrs) copy(o xops, onErr func(*XattrError)) error {
 			}
 			return fmt.Errorf("get xattr %q: %w", name, err)
 		}
-		if err := o.set(name, x.val[:vn]); err != nil && onErr != nil {
-			onErr(&XattrError{Name: name, Err: err})
+		if err := fn(name, x.val[:vn]); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -139,4 +151,37 @@ func grow(buf *[]byte, f func([]byte) (int, error)) (int, error) {
 		}
 		*buf = make([]byte, sz)
 	}
+}
+
+// Xattr is one extended attribute.
+type Xattr struct {
+	Name  string
+	Value []byte
+}
+
+// ReadFd returns the xattrs of an open file, sorted by name. A filesystem
+// without xattr support has none.
+func (x *Xattrs) ReadFd(fd int) ([]Xattr, error) {
+	return x.read(xops{
+		list: func(b []byte) (int, error) { return unix.Flistxattr(fd, b) },
+		get:  func(n string, b []byte) (int, error) { return unix.Fgetxattr(fd, n, b) },
+	})
+}
+
+// ReadPath is ReadFd for a path whose last component is not followed.
+func (x *Xattrs) ReadPath(path string) ([]Xattr, error) {
+	return x.read(xops{
+		list: func(b []byte) (int, error) { return unix.Llistxattr(path, b) },
+		get:  func(n string, b []byte) (int, error) { return unix.Lgetxattr(path, n, b) },
+	})
+}
+
+func (x *Xattrs) read(o xops) ([]Xattr, error) {
+	var out []Xattr
+	err := x.each(o, func(name string, val []byte) error {
+		out = append(out, Xattr{Name: name, Value: append([]byte(nil), val...)})
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, err
 }

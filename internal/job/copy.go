@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hlcp/internal/fsx"
 	"io"
 	"os"
 	"os/signal"
@@ -109,6 +110,7 @@ type Summary struct {
 	Bytes        int64         `json:"bytes"`
 	Reflinked    int64         `json:"files_reflinked"`
 	CopyRange    int64         `json:"files_copy_file_range"`
+	Sendfile     int64         `json:"files_sendfile"`
 	ReadWrite    int64         `json:"files_read_write"`
 	SplitGroups  int64         `json:"split_groups"`
 	ExtraCopies  int64         `json:"extra_copies"`
@@ -196,11 +198,11 @@ func (r *runner) run() (int, error) {
 	if in, err := inside(o.Dst, o.Src); err != nil {
 		return ExitUsage, usagef("check DST: %v", err)
 	} else if in {
-		return ExitUsage, usagef("DST %s is inside SRC %s", Quote(o.Dst), Quote(o.Src))
+		return ExitUsage, usagef("DST %s is inside SRC %s", fsx.Quote(o.Dst), fsx.Quote(o.Src))
 	}
 	if o.State != "" {
 		if in, _ := inside(o.State, o.Src); in {
-			return ExitUsage, usagef("--state %s is inside SRC %s", Quote(o.State), Quote(o.Src))
+			return ExitUsage, usagef("--state %s is inside SRC %s", fsx.Quote(o.State), fsx.Quote(o.Src))
 		}
 	}
 	if stateName != "" {
@@ -229,7 +231,7 @@ func (r *runner) run() (int, error) {
 		empty = true // what is there is our own partial copy: overwritten
 	}
 	if old == nil && !empty {
-		return ExitUsage, usagef("DST %s is not empty (hlcp copy makes DST an exact copy of SRC; give a new or empty directory)", Quote(o.Dst))
+		return ExitUsage, usagef("DST %s is not empty (hlcp copy makes DST an exact copy of SRC; give a new or empty directory)", fsx.Quote(o.Dst))
 	}
 	if !exists {
 		if err := os.Mkdir(o.Dst, 0o700); err != nil {
@@ -251,7 +253,7 @@ func (r *runner) run() (int, error) {
 	if old != nil {
 		if old.ID != id {
 			return ExitUsage, usagef("DST holds an unfinished job started as `hlcp %s %s %s` (options %q); rerun that command to finish it, or pass --restart to discard its state",
-				old.ID.Command, Quote(old.ID.Src), Quote(old.ID.Dst), old.ID.Options)
+				old.ID.Command, fsx.Quote(old.ID.Src), fsx.Quote(old.ID.Dst), old.ID.Options)
 		}
 		r.j = old
 		r.j.Attempts++
@@ -372,6 +374,11 @@ func (r *runner) phases() error {
 		return fmt.Errorf("open directory table: %w", err)
 	}
 	r.dirs = dirs
+	// A table that fits an eighth of the budget is read into RAM: lookups
+	// then cost no syscall.
+	if _, err := dirs.Load(r.o.Memory / 8); err != nil {
+		return fmt.Errorf("load directory table: %w", err)
+	}
 	r.cp, err = copier.New(r.srcFd, r.dstFd, dirs, copier.Options{
 		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries,
 		OnError: r.errs.add, OnWarn: r.errs.warn,
@@ -636,6 +643,7 @@ func (r *runner) fillSummary() {
 		s.Bytes = st.Bytes.Load()
 		s.Reflinked = st.Cloned.Load()
 		s.CopyRange = st.CopyRange.Load()
+		s.Sendfile = st.Sendfile.Load()
 		s.ReadWrite = st.ReadWrite.Load()
 		s.SplitGroups = st.SplitGroups.Load()
 		s.ExtraCopies = st.ExtraCopies.Load()
@@ -672,15 +680,15 @@ func (r *runner) printSummary(code int) {
 	case ExitInterrupted:
 		status = "interrupted"
 	}
-	fmt.Fprintf(w, "hlcp %s %s -> %s: %s in %s\n", s.Command, Quote(s.Src), Quote(s.Dst), status, progress.Duration(s.Elapsed))
+	fmt.Fprintf(w, "hlcp %s %s -> %s: %s in %s\n", s.Command, fsx.Quote(s.Src), fsx.Quote(s.Dst), status, progress.Duration(s.Elapsed))
 	fmt.Fprintf(w, "  source        %s paths: %s directories, %s other paths (%s lstat'ed)\n",
 		c(s.Scan.Dirs+s.Scan.Entries), c(s.Scan.Dirs), c(s.Scan.Entries), c(s.Scan.Lstats))
 	fmt.Fprintf(w, "  inodes        %s (%s regular, %s symlinks, %s other); %s with several paths, largest %s paths\n",
 		c(s.Plan.Groups), c(s.Plan.ByType[8]), c(s.Plan.ByType[10]),
 		c(s.Plan.Groups-s.Plan.ByType[8]-s.Plan.ByType[10]), c(s.Plan.LinkGroups), c(s.Plan.MaxLinks))
 	fmt.Fprintf(w, "  created       %s directories, %s inodes, %s hard links\n", c(s.Dirs), c(s.Inodes), c(s.Links))
-	fmt.Fprintf(w, "  data          %s (%s files reflinked, %s copy_file_range, %s read/write)\n",
-		progress.Bytes(s.Bytes), c(s.Reflinked), c(s.CopyRange), c(s.ReadWrite))
+	fmt.Fprintf(w, "  data          %s (%s files reflinked, %s copy_file_range, %s sendfile, %s read/write)\n",
+		progress.Bytes(s.Bytes), c(s.Reflinked), c(s.CopyRange), c(s.Sendfile), c(s.ReadWrite))
 	if s.OutsideLinks > 0 {
 		fmt.Fprintf(w, "  note          %s inodes have hard links outside SRC; their paths inside SRC are linked together in DST\n", c(s.OutsideLinks))
 	}

@@ -5,34 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"sync"
-	"unicode"
-	"unicode/utf8"
 
+	"hlcp/internal/fsx"
 	"hlcp/internal/progress"
 )
-
-// Quote returns p as is when it is printable UTF-8 without spaces at its
-// ends, and Go-quoted otherwise, so that every message is one line and
-// names with newlines or invalid bytes stay unambiguous.
-func Quote(p string) string {
-	if p == "" {
-		return "."
-	}
-	if !utf8.ValidString(p) {
-		return strconv.Quote(p)
-	}
-	for _, r := range p {
-		if !unicode.IsPrint(r) || r == '"' || r == '\\' {
-			return strconv.Quote(p)
-		}
-	}
-	if p[0] == ' ' || p[len(p)-1] == ' ' {
-		return strconv.Quote(p)
-	}
-	return p
-}
 
 // errLog records per-path errors: shown live (through the progress
 // reporter, so the live line is not garbled), spooled to a file in the
@@ -58,7 +35,7 @@ func newErrLog(rep *progress.Reporter, path string) (*errLog, error) {
 }
 
 func (e *errLog) add(rel string, err error) {
-	line := fmt.Sprintf("%s: %v", Quote(rel), err)
+	line := fmt.Sprintf("%s: %v", fsx.Quote(rel), err)
 	e.mu.Lock()
 	e.n++
 	e.w.WriteString(line)

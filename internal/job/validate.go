@@ -3,6 +3,7 @@ package job
 import (
 	"errors"
 	"fmt"
+	"hlcp/internal/fsx"
 	"io"
 	"os"
 	"path/filepath"
@@ -32,16 +33,16 @@ func checkSrc(src string) error {
 	fi, err := os.Lstat(src)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return usagef("SRC %s does not exist", Quote(src))
+			return usagef("SRC %s does not exist", fsx.Quote(src))
 		}
-		return usagef("SRC %s: %v", Quote(src), err)
+		return usagef("SRC %s: %v", fsx.Quote(src), err)
 	}
 	if fi.Mode()&os.ModeSymlink != 0 {
 		t, _ := os.Readlink(src)
-		return usagef("SRC %s is a symlink (to %s); hlcp never follows symlinks: give the directory itself", Quote(src), Quote(t))
+		return usagef("SRC %s is a symlink (to %s); hlcp never follows symlinks: give the directory itself", fsx.Quote(src), fsx.Quote(t))
 	}
 	if !fi.IsDir() {
-		return usagef("SRC %s is not a directory (hlcp copies directory trees)", Quote(src))
+		return usagef("SRC %s is not a directory (hlcp copies directory trees)", fsx.Quote(src))
 	}
 	return nil
 }
@@ -102,21 +103,21 @@ func dstState(dst, stateName string) (exists, empty bool, err error) {
 			parent := filepath.Dir(dst)
 			pfi, perr := os.Stat(parent)
 			if perr != nil || !pfi.IsDir() {
-				return false, false, usagef("DST %s: its parent directory %s does not exist", Quote(dst), Quote(parent))
+				return false, false, usagef("DST %s: its parent directory %s does not exist", fsx.Quote(dst), fsx.Quote(parent))
 			}
 			return false, true, nil
 		}
-		return false, false, usagef("DST %s: %v", Quote(dst), err)
+		return false, false, usagef("DST %s: %v", fsx.Quote(dst), err)
 	}
 	if fi.Mode()&os.ModeSymlink != 0 {
-		return false, false, usagef("DST %s is a symlink; hlcp never follows symlinks: give the directory itself", Quote(dst))
+		return false, false, usagef("DST %s is a symlink; hlcp never follows symlinks: give the directory itself", fsx.Quote(dst))
 	}
 	if !fi.IsDir() {
-		return false, false, usagef("DST %s exists and is not a directory", Quote(dst))
+		return false, false, usagef("DST %s exists and is not a directory", fsx.Quote(dst))
 	}
 	d, err := os.Open(dst)
 	if err != nil {
-		return true, false, usagef("DST %s: %v", Quote(dst), err)
+		return true, false, usagef("DST %s: %v", fsx.Quote(dst), err)
 	}
 	defer d.Close()
 	for {

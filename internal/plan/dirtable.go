@@ -21,6 +21,33 @@ import (
 type DirTable struct {
 	f, idx *os.File
 	n      uint32
+	// When the table is small enough (see Load), it is held in RAM:
+	// mem is the dirs file, offs its index.
+	mem  []byte
+	offs []byte
+}
+
+// Load reads the whole table into memory when it takes at most maxBytes,
+// so that lookups need no syscalls. It reports whether it did.
+func (t *DirTable) Load(maxBytes int64) (bool, error) {
+	fi, err := t.f.Stat()
+	if err != nil {
+		return false, err
+	}
+	size := fi.Size() + int64(t.n+1)*8
+	if size > maxBytes {
+		return false, nil
+	}
+	mem := make([]byte, fi.Size())
+	if err := preadFull(t.f, mem, 0); err != nil {
+		return false, err
+	}
+	offs := make([]byte, int64(t.n+1)*8)
+	if err := preadFull(t.idx, offs, 0); err != nil {
+		return false, err
+	}
+	t.mem, t.offs = mem, offs
+	return true, nil
 }
 
 // BuildDirTable merges the directory runs into path and writes its index.
@@ -152,22 +179,33 @@ func preadFull(f *os.File, b []byte, off int64) error {
 	return nil
 }
 
-// Get reads directory id. d.Name is freshly allocated.
+// Get reads directory id. d.Name must not be modified; it is valid as long
+// as the table is open.
 func (t *DirTable) Get(id uint32, d *Dir) error {
 	if id >= t.n {
 		return fmt.Errorf("directory id %d out of range (%d directories)", id, t.n)
 	}
 	var ob [16]byte
-	if err := preadFull(t.idx, ob[:], int64(id)*8); err != nil {
+	if t.offs != nil {
+		copy(ob[:], t.offs[int64(id)*8:])
+	} else if err := preadFull(t.idx, ob[:], int64(id)*8); err != nil {
 		return fmt.Errorf("directory index: %w", err)
 	}
 	start, end := int64(binary.BigEndian.Uint64(ob[:])), int64(binary.BigEndian.Uint64(ob[8:]))
 	if end <= start || end-start > extsort.MaxRecord+10 {
 		return fmt.Errorf("directory index: bad extent %d..%d for id %d", start, end, id)
 	}
-	buf := make([]byte, end-start)
-	if err := preadFull(t.f, buf, start); err != nil {
-		return fmt.Errorf("directory table: %w", err)
+	var buf []byte
+	if t.mem != nil {
+		if end > int64(len(t.mem)) {
+			return fmt.Errorf("directory index: extent %d..%d past the table", start, end)
+		}
+		buf = t.mem[start:end]
+	} else {
+		buf = make([]byte, end-start)
+		if err := preadFull(t.f, buf, start); err != nil {
+			return fmt.Errorf("directory table: %w", err)
+		}
 	}
 	l, k := binary.Uvarint(buf)
 	if k <= 0 || int64(k)+int64(l) != end-start {
