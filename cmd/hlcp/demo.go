@@ -9,6 +9,7 @@ import (
 
 	"hlcp/internal/demo"
 	"hlcp/internal/job"
+	"hlcp/internal/verify"
 )
 
 func demoCmd() *cobra.Command {
@@ -68,18 +69,18 @@ hlcp copy showing the live progress, checks the copy and prints what it did.`,
 			if code != 0 {
 				return &exitError{code, fmt.Errorf("demo copy failed")}
 			}
-			fmt.Printf("\nchecking the copy against the source (lstat of every path, content, link groups) ...\n")
-			paths, groups, diffs, err := demo.Check(src, dst)
+			fmt.Printf("\n$ hlcp verify --checksum %s %s\n", src, dst)
+			vo := job.VerifyOptions{Options: o}
+			vo.Verify.Checksum = true
+			vo.Verify.What = verify.All
+			code, err = job.Verify(vo)
 			if err != nil {
-				return err
+				return &exitError{code, err}
 			}
-			if len(diffs) > 0 {
-				for _, d := range diffs {
-					fmt.Println("  " + d)
-				}
-				return &exitError{job.ExitDiffer, fmt.Errorf("demo: the copy differs from the source in %d places", len(diffs))}
+			if code != 0 {
+				return &exitError{code, fmt.Errorf("demo: the copy differs from the source")}
 			}
-			fmt.Printf("  identical: %d paths, %d inodes, same hard-link structure, metadata and content\n", paths, groups)
+			fmt.Printf("\nthe copy is exact: same paths, same hard-link structure, same metadata and content\n")
 			if keep {
 				fmt.Printf("\nkept: %s (source) and %s (copy)\n", src, dst)
 			}

@@ -478,8 +478,17 @@ func TestMemoryBound(t *testing.T) {
 	if r.maxRSS == 0 {
 		t.Errorf("could not measure the child's peak RSS")
 	}
-	// Spot-check the link structure with the oracle (metadata only: the
-	// content check of 1M paths is done elsewhere on smaller trees).
+	// hlcp verify, content included, in the same budget.
+	v := run(t, nil, "verify", "--checksum", "--memory", "128M", "--progress=plain", src, dst)
+	t.Logf("verify: peak RSS %.1f MiB\n%s", float64(v.maxRSS)/(1<<20), v.stdout)
+	if v.code != 0 {
+		t.Errorf("verify exit %d:\n%s\n%s", v.code, v.stdout, v.stderr)
+	}
+	if v.maxRSS > 128<<20 {
+		t.Errorf("verify peak RSS %d MiB exceeds the 128 MiB budget", v.maxRSS>>20)
+	}
+	// Cross-check the link structure with the oracle (metadata only: the
+	// content check of 1M paths is done by verify above).
 	o := testutil.CompareOptions{Owner: isRoot()}
 	a, err := testutil.Snapshot(src, o)
 	if err != nil {

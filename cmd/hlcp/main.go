@@ -50,6 +50,8 @@ func parseSize(s string) (int64, error) {
 	return int64(v * float64(mult)), nil
 }
 
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
 type exitError struct {
 	code int
 	err  error
@@ -154,7 +156,7 @@ Start with: hlcp demo
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(copyCmd(), demoCmd())
+	root.AddCommand(copyCmd(), verifyCmd(), demoCmd())
 	if p := os.Getenv("HLCP_CPUPROFILE"); p != "" {
 		// For profiling (see bench/): HLCP_CPUPROFILE=cpu.pprof hlcp copy ...
 		if f, err := os.Create(p); err == nil {

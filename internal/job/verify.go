@@ -1,0 +1,107 @@
+package job
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"hlcp/internal/fsx"
+	"hlcp/internal/progress"
+	"hlcp/internal/verify"
+)
+
+// VerifyOptions of `hlcp verify`.
+type VerifyOptions struct {
+	Options
+	Verify verify.Options
+	JSON   bool // differences and summary as JSON lines
+}
+
+// FormatDiff is the one-line, grep-able form of a difference: the code in
+// a fixed column, the path (quoted when not printable), the details.
+func FormatDiff(d verify.Diff) string {
+	s := fmt.Sprintf("%-8s %s", d.Code, fsx.Quote(d.Path))
+	if d.Detail != "" {
+		s += "  (" + d.Detail + ")"
+	}
+	return s
+}
+
+// Verify runs `hlcp verify`: 0 identical, 1 different, 3 some paths could
+// not be checked (and no difference found), 2 bad arguments.
+func Verify(o VerifyOptions) (int, error) {
+	o.defaults()
+	for _, p := range []string{o.Src, o.Dst} {
+		if err := checkSrc(p); err != nil {
+			return ExitUsage, err
+		}
+	}
+	start := time.Now()
+	mode := o.Progress
+	if o.Quiet {
+		mode = progress.Quiet
+	}
+	rep := progress.New(o.Stderr, mode, o.Interval)
+	v := o.Verify
+	v.Src, v.Dst, v.Jobs, v.Memory, v.Progress = o.Src, o.Dst, o.Jobs, o.Memory, rep
+	enc := json.NewEncoder(o.Stdout)
+	var shown int64
+	res, err := verify.Run(v, func(d verify.Diff) error {
+		shown++
+		if o.JSON {
+			return enc.Encode(d)
+		}
+		_, err := fmt.Fprintln(o.Stdout, FormatDiff(d))
+		return err
+	})
+	rep.Close()
+	if err != nil {
+		return ExitStopped, fmt.Errorf("verify: %w", err)
+	}
+	code := ExitOK
+	if res.Diffs-res.Errors > 0 {
+		code = ExitDiffer
+	} else if res.Errors > 0 {
+		code = ExitPartial
+	}
+	elapsed := time.Since(start)
+	if o.JSON {
+		enc.Encode(struct {
+			Summary  verify.Result `json:"summary"`
+			Elapsed  float64       `json:"elapsed_seconds"`
+			PeakRSS  int64         `json:"peak_rss_bytes"`
+			ExitCode int           `json:"exit_code"`
+		}{res, elapsed.Seconds(), PeakRSS(), code})
+		return code, nil
+	}
+	if !o.Quiet {
+		printVerifySummary(o.Stdout, &o, res, code, elapsed)
+	}
+	return code, nil
+}
+
+func printVerifySummary(w io.Writer, o *VerifyOptions, res verify.Result, code int, elapsed time.Duration) {
+	c := progress.Count
+	verdict := map[int]string{ExitOK: "identical", ExitDiffer: "DIFFERENT", ExitPartial: "no difference found, but some paths could not be checked"}[code]
+	fmt.Fprintf(w, "hlcp verify %s %s: %s (%s)\n", fsx.Quote(o.Src), fsx.Quote(o.Dst), verdict, progress.Duration(elapsed))
+	fmt.Fprintf(w, "  paths         %s in SRC, %s in DST, %s in both\n", c(res.SrcPaths), c(res.DstPaths), c(res.Matched))
+	content := "not compared (use --checksum)"
+	if res.Hashed > 0 {
+		content = fmt.Sprintf("%s inodes hashed, %s read", c(res.Hashed), progress.Bytes(res.BytesHashed))
+	}
+	fmt.Fprintf(w, "  inode pairs   %s compared once each; content %s\n", c(res.InodePairs), content)
+	if len(res.ByCode) > 0 {
+		var parts []string
+		for k, v := range res.ByCode {
+			parts = append(parts, fmt.Sprintf("%s %s", k, c(v)))
+		}
+		sort.Strings(parts)
+		fmt.Fprintf(w, "  differences   %s: %s\n", c(res.Diffs), strings.Join(parts, ", "))
+	} else {
+		fmt.Fprintf(w, "  differences   0\n")
+	}
+	fmt.Fprintf(w, "  peak memory   %s (budget %s)\n", progress.Bytes(PeakRSS()), progress.Bytes(o.Memory))
+}
