@@ -9,7 +9,6 @@ import (
 
 	"hlcp/internal/demo"
 	"hlcp/internal/job"
-	"hlcp/internal/verify"
 )
 
 func demoCmd() *cobra.Command {
@@ -69,16 +68,8 @@ hlcp copy showing the live progress, checks the copy and prints what it did.`,
 			if code != 0 {
 				return &exitError{code, fmt.Errorf("demo copy failed")}
 			}
-			fmt.Printf("\n$ hlcp verify --checksum %s %s\n", src, dst)
-			vo := job.VerifyOptions{Options: o}
-			vo.Verify.Checksum = true
-			vo.Verify.What = verify.All
-			code, err = job.Verify(vo)
-			if err != nil {
-				return &exitError{code, err}
-			}
-			if code != 0 {
-				return &exitError{code, fmt.Errorf("demo: the copy differs from the source")}
+			if err := verifyCopy(o); err != nil {
+				return err
 			}
 			fmt.Printf("\nthe copy is exact: same paths, same hard-link structure, same metadata and content\n")
 			if keep {

@@ -16,6 +16,7 @@ import (
 
 	"hlcp/internal/job"
 	"hlcp/internal/progress"
+	"hlcp/internal/verify"
 )
 
 const exitCodes = `Exit codes:
@@ -48,6 +49,25 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("invalid size %q (use e.g. 128M, 1G)", s)
 	}
 	return int64(v * float64(mult)), nil
+}
+
+// verifyCopy checks a completed copy with verify --checksum, in the same
+// budget and with the same progress display.
+func verifyCopy(o job.Options) error {
+	if !o.Quiet && o.Progress != progress.JSON {
+		fmt.Printf("\n$ hlcp verify --checksum %s %s\n", o.Src, o.Dst)
+	}
+	vo := job.VerifyOptions{Options: o, JSON: o.Progress == progress.JSON}
+	vo.Verify.Checksum = true
+	vo.Verify.What = verify.All
+	code, err := job.Verify(vo)
+	if code != 0 || err != nil {
+		if err == nil {
+			err = fmt.Errorf("verify: DST differs from SRC")
+		}
+		return &exitError{code, err}
+	}
+	return nil
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
@@ -100,6 +120,7 @@ func (c *commonFlags) apply(o *job.Options) error {
 func copyCmd() *cobra.Command {
 	var cf commonFlags
 	var o job.Options
+	var verifyAfter bool
 	cmd := &cobra.Command{
 		Use:   "copy [flags] SRC DST",
 		Short: "Copy the tree SRC to DST with its hard-link structure and all metadata",
@@ -126,13 +147,20 @@ rerun the same command: it resumes from its last checkpoint.
 			o.Src, o.Dst = args[0], args[1]
 			code, err := job.Copy(o)
 			if code != 0 || err != nil {
+				if verifyAfter {
+					fmt.Fprintln(os.Stderr, "hlcp: the copy did not complete: not verified")
+				}
 				return &exitError{code, err}
+			}
+			if verifyAfter {
+				return verifyCopy(o)
 			}
 			return nil
 		},
 	}
 	cf.add(cmd)
 	f := cmd.Flags()
+	f.BoolVar(&verifyAfter, "verify", false, "after the copy, run `hlcp verify --checksum SRC DST` (content read again on both sides); exit 1 if they differ")
 	f.StringVar(&o.State, "state", "", "keep the job state in DIR instead of DST/.hlcp-state (on a fast disk, or when SRC has a .hlcp-state entry)")
 	f.BoolVar(&o.Restart, "restart", false, "discard the state of an unfinished job in DST and start over")
 	f.BoolVarP(&o.OneFileSystem, "one-file-system", "x", false, "do not descend into mount points below SRC (they are created empty)")

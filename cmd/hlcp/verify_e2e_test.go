@@ -295,3 +295,26 @@ func TestVerifyAgreesWithOracle(t *testing.T) {
 		})
 	}
 }
+
+// TestCopyVerify: copy --verify copies, then proves the copy with verify
+// --checksum; a JSON run keeps stdout machine-readable.
+func TestCopyVerify(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "src")
+	os.Mkdir(src, 0o755)
+	testutil.BuildSnapshots(t, src, testutil.SnapshotSpec{Snapshots: 3, Files: 40, DirsPerLevel: 2, Depth: 2, ChangeRate: 0.2, Seed: 7, MaxSize: 5000})
+	r := run(t, nil, "copy", "--verify", "--progress=none", src, filepath.Join(base, "dst"))
+	if r.code != 0 || !strings.Contains(r.stdout, "identical") || !strings.Contains(r.stdout, "inodes hashed") {
+		t.Fatalf("copy --verify: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	r = run(t, nil, "copy", "--verify", "--progress=json", src, filepath.Join(base, "dst2"))
+	if r.code != 0 {
+		t.Fatalf("copy --verify --progress=json: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Errorf("stdout line is not JSON: %q", l)
+		}
+	}
+}

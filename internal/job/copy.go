@@ -176,15 +176,16 @@ func Copy(o Options) (int, error) {
 	return code, err
 }
 
+// setMemoryLimit gives the Go heap the budget, less room for stacks, the
+// runtime and buffers outside the heap, so that the collector runs before
+// garbage (a finished phase's sort buffers) pushes the process past it.
+func setMemoryLimit(budget int64) {
+	debug.SetMemoryLimit(max(budget-24<<20, 16<<20))
+}
+
 func (r *runner) run() (int, error) {
 	o := &r.o
-	// Set the memory budget for the Go heap; leave room for stacks,
-	// runtime and buffers outside the heap.
-	limit := o.Memory - 24<<20
-	if limit < 16<<20 {
-		limit = 16 << 20
-	}
-	debug.SetMemoryLimit(limit)
+	setMemoryLimit(o.Memory)
 
 	if err := checkSrc(o.Src); err != nil {
 		return ExitUsage, err

@@ -34,6 +34,7 @@ func FormatDiff(d verify.Diff) string {
 // not be checked (and no difference found), 2 bad arguments.
 func Verify(o VerifyOptions) (int, error) {
 	o.defaults()
+	setMemoryLimit(o.Memory)
 	for _, p := range []string{o.Src, o.Dst} {
 		if err := checkSrc(p); err != nil {
 			return ExitUsage, err

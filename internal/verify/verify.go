@@ -362,7 +362,7 @@ func (r *run) workers(tasks <-chan task, wg *sync.WaitGroup, ctr *progress.Count
 func (r *run) join() error {
 	ctr := r.o.Progress.Phase("compare", "paths", "")
 	ctr.Total.Store(r.res.SrcPaths)
-	mem := int(r.o.Memory / 8)
+	mem := int(r.o.Memory / 16)
 	sr, sdone := stream(r.src.pathRuns, filepath.Join(r.tmp, "src"), mem)
 	dr, ddone := stream(r.dst.pathRuns, filepath.Join(r.tmp, "dst"), mem)
 	for _, d := range []string{"pa", "pb"} {
