@@ -1,0 +1,90 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// plotResults draws wall time and peak RSS against tree size (paths), one
+// line per tool, into a PNG.
+func plotResults(all []*SizeResult, path string) error {
+	if len(all) == 0 {
+		return fmt.Errorf("no results")
+	}
+	mk := func(title, ylabel string, val func(Measure) float64) (*plot.Plot, error) {
+		p := plot.New()
+		p.Title.Text = title
+		p.X.Label.Text = "paths in the tree"
+		p.Y.Label.Text = ylabel
+		p.X.Tick.Marker = plot.TickerFunc(func(min, max float64) []plot.Tick {
+			var ts []plot.Tick
+			for _, r := range all {
+				ts = append(ts, plot.Tick{Value: float64(r.Paths), Label: shortCount(r.Paths)})
+			}
+			return ts
+		})
+		p.Legend.Top = true
+		p.Legend.Left = true
+		var args []any
+		for _, name := range toolNames() {
+			var pts plotter.XYs
+			for _, r := range all {
+				for _, t := range r.Copy {
+					if t.Tool == name && t.Median.Exit == 0 {
+						pts = append(pts, plotter.XY{X: float64(r.Paths), Y: val(t.Median)})
+					}
+				}
+			}
+			if len(pts) > 0 {
+				args = append(args, name, pts)
+			}
+		}
+		if err := plotutil.AddLinePoints(p, args...); err != nil {
+			return nil, err
+		}
+		p.Add(plotter.NewGrid())
+		return p, nil
+	}
+	wall, err := mk("copy wall time (lower is better)", "seconds", func(m Measure) float64 { return m.Wall })
+	if err != nil {
+		return err
+	}
+	rss, err := mk("peak RSS of the process tree (flat is bounded)", "MiB", func(m Measure) float64 { return float64(m.PeakRSS) / (1 << 20) })
+	if err != nil {
+		return err
+	}
+	img := vgimg.New(vg.Points(1100), vg.Points(480))
+	dc := draw.New(img)
+	dc.SetColor(color.White)
+	dc.Fill(dc.Rectangle.Path())
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 2, PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2}
+	plots := [][]*plot.Plot{{wall, rss}}
+	canvases := plot.Align(plots, tiles, dc)
+	wall.Draw(canvases[0][0])
+	rss.Draw(canvases[0][1])
+	w, err := createFile(path)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	png := vgimg.PngCanvas{Canvas: img}
+	_, err = png.WriteTo(w)
+	return err
+}
+
+func shortCount(n int64) string {
+	switch {
+	case n >= 1e6:
+		return fmt.Sprintf("%.1fM", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.0fk", float64(n)/1e3)
+	}
+	return fmt.Sprint(n)
+}
