@@ -119,6 +119,24 @@ func (g *generator) writeFile(abs string, f *gfile, day int) error {
 	return unix.UtimesNanoAt(unix.AT_FDCWD, abs, []unix.Timespec{t, t}, unix.AT_SYMLINK_NOFOLLOW)
 }
 
+// create adds n new files in random directories of the snapshot at root,
+// writing them in path order.
+func (g *generator) create(root string, n, day int) error {
+	fresh := make([]*gfile, n)
+	for i := range fresh {
+		d := g.dirs[g.rng.Intn(len(g.dirs))]
+		fresh[i] = &gfile{rel: g.newName(d), symlink: g.rng.Float64() < g.spec.Symlinks}
+		g.files[fresh[i].rel] = fresh[i]
+	}
+	sort.Slice(fresh, func(i, j int) bool { return fresh[i].rel < fresh[j].rel })
+	for _, f := range fresh {
+		if err := g.writeFile(filepath.Join(root, f.rel), f, day); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Generate builds the repository under root and returns its path and inode
 // counts.
 func Generate(root string, spec Spec, progress func(string)) (paths, inodes, bytes int64, err error) {
@@ -144,13 +162,11 @@ func Generate(root string, spec Spec, progress func(string)) (paths, inodes, byt
 			return 0, 0, 0, err
 		}
 	}
-	for i := 0; i < spec.Files; i++ {
-		d := g.dirs[g.rng.Intn(len(g.dirs))]
-		f := &gfile{rel: g.newName(d), symlink: g.rng.Float64() < spec.Symlinks}
-		g.files[f.rel] = f
-		if err := g.writeFile(filepath.Join(snap(oldest), f.rel), f, 0); err != nil {
-			return 0, 0, 0, err
-		}
+	// Files are created directory by directory, as rsync (or cp) fills a
+	// snapshot, so that inode numbers follow the directories as they do in
+	// a real repository.
+	if err := g.create(snap(oldest), spec.Files, 0); err != nil {
+		return 0, 0, 0, err
 	}
 	g.paths += int64(len(g.files))
 	// Newer snapshots.
@@ -202,15 +218,11 @@ func Generate(root string, spec Spec, progress func(string)) (paths, inodes, byt
 			}
 			g.paths++
 		}
-		for i := 0; i < int(spec.Add*float64(spec.Files)); i++ {
-			d := g.dirs[g.rng.Intn(len(g.dirs))]
-			f := &gfile{rel: g.newName(d), symlink: g.rng.Float64() < spec.Symlinks}
-			g.files[f.rel] = f
-			if err := g.writeFile(filepath.Join(cur, f.rel), f, day); err != nil {
-				return 0, 0, 0, err
-			}
-			g.paths++
+		n := int(spec.Add * float64(spec.Files))
+		if err := g.create(cur, n, day); err != nil {
+			return 0, 0, 0, err
 		}
+		g.paths += int64(n)
 	}
 	var dirs int64
 	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {

@@ -105,10 +105,16 @@ func machine() string {
 	return fmt.Sprintf("%d CPUs (%s), %s RAM, Linux %s", runtime.NumCPU(), cpu, mem, strings.TrimSpace(string(uts)))
 }
 
+// genVersion changes whenever the generator makes other trees from the same
+// Spec, so that trees kept from an earlier version are not reused.
+const genVersion = 2
+
+func srcName(size string) string { return fmt.Sprintf("src-%s-v%d", size, genVersion) }
+
 // source generates (or reuses) the source tree of a size.
 func source(c *config, size string, spec Spec) (*fsys, *SizeResult, error) {
 	res := &SizeResult{Size: size, Spec: spec, Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339), Loop: c.loop, Cold: c.cold && os.Geteuid() == 0}
-	name := "src-" + size
+	name := srcName(size)
 	meta := filepath.Join(c.work, name+".json")
 	if b, err := os.ReadFile(meta); err == nil && json.Unmarshal(b, res) == nil && res.Spec == spec {
 		res.Machine, res.Date, res.Loop, res.Cold = machine(), time.Now().UTC().Format(time.RFC3339), c.loop, c.cold && os.Geteuid() == 0
@@ -155,7 +161,7 @@ func benchSize(c *config, size string, spec Spec) (*SizeResult, error) {
 			src.unmount()
 		} else {
 			src.destroy()
-			os.Remove(filepath.Join(c.work, "src-"+size+".json"))
+			os.Remove(filepath.Join(c.work, srcName(size)+".json"))
 		}
 	}()
 	srcTree := filepath.Join(src.dir, "tree")
