@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 // ---- helpers ----
@@ -976,4 +977,48 @@ func BenchmarkMerge(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/record")
 	b.ReportMetric(float64(len(runs)), "runs")
+}
+
+// TestMergeStream: the stream yields every record in order and wait reports
+// success; abandoning it early stops the merge instead of hanging.
+func TestMergeStream(t *testing.T) {
+	dir := t.TempDir()
+	s := newSorter(dir, 4096, 4096, false) // tiny buffers: many runs
+	const n = 5000
+	for i := 0; i < n; i++ {
+		if err := s.Add([]byte(fmt.Sprintf("%08d", (i*7919)%n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runs, _, _, err := s.Finish()
+	if err != nil || len(runs) < 2 {
+		t.Fatalf("%d runs, %v", len(runs), err)
+	}
+	r, wait := MergeStream(runs, dir, 1<<20, nil)
+	for i := 0; ; i++ {
+		rec, err := r.Next()
+		if err == io.EOF {
+			if i != n {
+				t.Fatalf("%d records, want %d", i, n)
+			}
+			break
+		}
+		if err != nil || string(rec) != fmt.Sprintf("%08d", i) {
+			t.Fatalf("record %d: %q, %v", i, rec, err)
+		}
+	}
+	if err := wait(); err != nil {
+		t.Fatalf("wait after the end: %v", err)
+	}
+	r, wait = MergeStream(runs, dir, 1<<20, nil)
+	if _, err := r.Next(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- wait() }()
+	select {
+	case <-done: // an error (closed pipe) or nil, but no hang
+	case <-time.After(10 * time.Second):
+		t.Fatal("wait hangs when the stream is abandoned")
+	}
 }

@@ -244,3 +244,21 @@ func mergeInto(paths []string, bufSize int, w *bufio.Writer, progress func(int64
 	}
 	return records, size, nil
 }
+
+// MergeStream merges runs in a goroutine (as Merge does) and returns a
+// Reader of the merged records. wait closes the stream, which stops a merge
+// that has not finished, and returns the merge's error; call it once, when
+// the reader is drained or abandoned.
+func MergeStream(runs []string, tmpDir string, memBytes int, progress func(done int64)) (r *Reader, wait func() error) {
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := Merge(runs, tmpDir, memBytes, pw, progress)
+		pw.CloseWithError(err)
+		errc <- err
+	}()
+	return NewReader(pr, 1<<20), func() error {
+		pr.Close()
+		return <-errc
+	}
+}

@@ -32,16 +32,9 @@ func Build(runs []string, tmpDir, path string, memBytes int, progress func(int64
 	defer f.Close()
 	bw := bufio.NewWriterSize(f, 1<<20)
 
-	// The merge writes framed records into a pipe; this side counts the
-	// groups as they stream past and writes them to the plan file.
-	pr, pw := io.Pipe()
-	merr := make(chan error, 1)
-	go func() {
-		_, err := extsort.Merge(runs, tmpDir, memBytes, pw, progress)
-		pw.CloseWithError(err)
-		merr <- err
-	}()
-	r := extsort.NewReader(pr, 1<<20)
+	// The merge streams the records; this side counts the groups as they
+	// go past and writes them to the plan file.
+	r, wait := extsort.MergeStream(runs, tmpDir, memBytes, progress)
 	var prev, frame []byte
 	var cur int64
 	endGroup := func() {
@@ -58,13 +51,11 @@ func Build(runs []string, tmpDir, path string, memBytes int, progress func(int64
 			break
 		}
 		if err != nil {
-			pr.CloseWithError(err)
-			<-merr
+			wait()
 			return st, fmt.Errorf("build plan: %w", err)
 		}
 		if len(rec) <= EntryHeader {
-			pr.CloseWithError(io.ErrUnexpectedEOF)
-			<-merr
+			wait()
 			return st, fmt.Errorf("build plan: bad entry record of %d bytes", len(rec))
 		}
 		st.Paths++
@@ -80,15 +71,14 @@ func Build(runs []string, tmpDir, path string, memBytes int, progress func(int64
 		cur++
 		frame = extsort.AppendFrame(frame[:0], rec)
 		if _, err := bw.Write(frame); err != nil {
-			pr.CloseWithError(err)
-			<-merr
+			wait()
 			return st, err
 		}
 	}
 	if prev != nil {
 		endGroup()
 	}
-	if err := <-merr; err != nil {
+	if err := wait(); err != nil {
 		return st, fmt.Errorf("merge entries: %w", err)
 	}
 	if err := bw.Flush(); err != nil {

@@ -314,22 +314,6 @@ func (r *run) scan() error {
 	return nil
 }
 
-// stream merges runs into a reader (through a pipe), calling done with the
-// merge's error when the reader is drained or abandoned.
-func stream(runs []string, tmp string, mem int) (*extsort.Reader, func() error) {
-	pr, pw := io.Pipe()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := extsort.Merge(runs, tmp, mem, pw, nil)
-		pw.CloseWithError(err)
-		errc <- err
-	}()
-	return extsort.NewReader(pr, 1<<20), func() error {
-		pr.Close()
-		return <-errc
-	}
-}
-
 // task is one comparison for the workers.
 type task struct {
 	dir      bool
@@ -363,8 +347,8 @@ func (r *run) join() error {
 	ctr := r.o.Progress.Phase("compare", "paths", "")
 	ctr.Total.Store(r.res.SrcPaths)
 	mem := int(r.o.Memory / 16)
-	sr, sdone := stream(r.src.pathRuns, filepath.Join(r.tmp, "src"), mem)
-	dr, ddone := stream(r.dst.pathRuns, filepath.Join(r.tmp, "dst"), mem)
+	sr, sdone := extsort.MergeStream(r.src.pathRuns, filepath.Join(r.tmp, "src"), mem, nil)
+	dr, ddone := extsort.MergeStream(r.dst.pathRuns, filepath.Join(r.tmp, "dst"), mem, nil)
 	for _, d := range []string{"pa", "pb"} {
 		os.Mkdir(filepath.Join(r.tmp, d), 0o700)
 	}
@@ -478,7 +462,7 @@ func pairKey(rec []byte) []byte { return rec[32 : len(rec)-pairTail] }
 func (r *run) pairs() error {
 	ctr := r.o.Progress.Phase("inodes", "paths", "")
 	ctr.Total.Store(r.npairs)
-	rd, done := stream(r.src.pathRuns, filepath.Join(r.tmp, "pa"), int(r.o.Memory/4))
+	rd, done := extsort.MergeStream(r.src.pathRuns, filepath.Join(r.tmp, "pa"), int(r.o.Memory/4), nil)
 	tasks := make(chan task, 4*r.o.Jobs)
 	var wg sync.WaitGroup
 	r.workers(tasks, &wg, ctr)
@@ -546,7 +530,7 @@ func (r *run) sampled(dev, ino uint64) bool {
 // reverse walks the pairs sorted by destination inode: a destination inode
 // reached from two source inodes joined what the source kept apart.
 func (r *run) reverse() error {
-	rd, done := stream(r.dst.pathRuns, filepath.Join(r.tmp, "pb"), int(r.o.Memory/4))
+	rd, done := extsort.MergeStream(r.dst.pathRuns, filepath.Join(r.tmp, "pb"), int(r.o.Memory/4), nil)
 	var first []byte
 	var err error
 	for {
@@ -590,7 +574,7 @@ func (r *run) report(emit func(Diff) error) (Result, error) {
 	if n == 0 {
 		return r.res, nil
 	}
-	rd, done := stream(runs, filepath.Join(r.tmp, "diffs"), int(r.o.Memory/4))
+	rd, done := extsort.MergeStream(runs, filepath.Join(r.tmp, "diffs"), int(r.o.Memory/4), nil)
 	for {
 		rec, err := rd.Next()
 		if err == io.EOF {
