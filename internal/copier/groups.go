@@ -1,6 +1,7 @@
 package copier
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -28,8 +29,8 @@ type task struct {
 	endOff int64 // plan offset after the task's last record; -1 when that is inside a group
 	recs   [][]byte
 	buf    []byte
-	link   *linkSrc      // continuation chunk of a large group: link every record to this
-	result chan *linkSrc // head chunk of a large group: where to link the rest
+	link   *linkTarget      // continuation chunk of a large group: link every record to this
+	result chan *linkTarget // head chunk of a large group: where to link the rest
 }
 
 func (t *task) add(rec []byte) {
@@ -66,11 +67,28 @@ type linkSrc struct {
 	src   plan.Entry // the source path it was copied from
 	nlink uint64     // source st_nlink
 	size  int64
-	split bool // already counted as a split group
+}
+
+// linkTarget is where the paths of one group are linked to. The chunks of
+// a large group share it: when the inode is full (EMLINK), the chunk that
+// sees it first makes a new copy and every chunk links to that one.
+type linkTarget struct {
+	mu    sync.Mutex
+	ls    linkSrc
+	split bool // counted as a split group
+}
+
+// get returns the current link source (a copy: the target may move).
+func (t *linkTarget) get() linkSrc {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ls
 }
 
 // tracker turns out-of-order task completions into a watermark: the plan
-// offset below which every group is done.
+// offset below which every group is done. A task that was cut short (the
+// copy is stopping) holds the watermark where it is for good: its groups,
+// and all after them, are redone by the next run.
 type tracker struct {
 	mu        sync.Mutex
 	next      int64
@@ -78,12 +96,14 @@ type tracker struct {
 	watermark int64
 }
 
+const aborted = -2 // endOff of a task that did not finish
+
 func (t *tracker) complete(seq, endOff int64) {
 	t.mu.Lock()
 	t.done[seq] = endOff
 	for {
 		off, ok := t.done[t.next]
-		if !ok {
+		if !ok || off == aborted {
 			break
 		}
 		delete(t.done, t.next)
@@ -130,7 +150,13 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 				if t.result != nil {
 					t.result <- res
 				}
-				tr.complete(t.seq, t.endOff)
+				// A task cut short by a stop has left groups (or links)
+				// undone; so may one that ran while the stop came in.
+				end := t.endOff
+				if c.Fatal() != nil {
+					end = aborted
+				}
+				tr.complete(t.seq, end)
 				select {
 				case free <- t:
 				default:
@@ -160,7 +186,8 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 		groupStart int    // index of the current group's first record in cur
 		groupLen   int64
 		groupOff   = from // plan offset of the current group's first record
-		big        *linkSrc
+		big        *linkTarget
+		bigNlink   uint64 // the large group's source st_nlink
 		bigFailed  bool
 		bigSkipped int64
 		bigHead    plan.Entry
@@ -192,7 +219,7 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 	}()
 	// endBig closes a large group: its last chunk carries the group's end offset.
 	endBig := func() {
-		if big != nil && big.nlink > uint64(groupLen) {
+		if big != nil && bigNlink > uint64(groupLen) {
 			c.Stats.OutsideLinks.Add(1)
 		}
 		if bigSkipped > 0 && c.Fatal() == nil {
@@ -200,14 +227,11 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 		}
 		big, bigFailed, bigSkipped = nil, false, 0
 	}
-	// linkTask starts a continuation chunk of a large group; each has its own
-	// copy of the link source, which it may move on EMLINK.
+	// linkTask starts a continuation chunk of a large group; all of them
+	// share the group's link target.
 	linkTask := func() *task {
 		t := newTask()
-		if big != nil {
-			l := *big
-			t.link = &l
-		}
+		t.link = big
 		return t
 	}
 	for {
@@ -261,12 +285,14 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 			if e, err := plan.DecodeEntry(cur.recs[0]); err == nil {
 				bigHead = plan.Entry{Dir: e.Dir, Name: append([]byte(nil), e.Name...)}
 			}
-			cur.result = make(chan *linkSrc, 1)
+			cur.result = make(chan *linkTarget, 1)
 			res := cur.result
 			send(cur)
 			big = <-res
 			if big == nil {
 				bigFailed = true
+			} else {
+				bigNlink = big.get().nlink
 			}
 			cur = linkTask()
 		case big != nil && len(cur.recs) >= bigChunk:
@@ -277,7 +303,9 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 	if rerr == nil && c.Fatal() == nil {
 		cur.endOff = r.Offset()
 	}
-	if len(cur.recs) > 0 {
+	// Sent even when empty: its end offset is the end of the plan (the
+	// last group's chunks may all have gone already).
+	if len(cur.recs) > 0 || cur.endOff >= 0 {
 		send(cur)
 	}
 	if big != nil || bigFailed {
@@ -310,13 +338,13 @@ type worker struct {
 	lbuf []byte
 }
 
-// run does one task and returns the link source of its last group.
-func (w *worker) run(t *task) *linkSrc {
+// run does one task and returns the link target of its last group.
+func (w *worker) run(t *task) *linkTarget {
 	if t.link != nil {
 		w.linkAll(t.link, t.recs)
 		return t.link
 	}
-	var last *linkSrc
+	var last *linkTarget
 	for i := 0; i < len(t.recs); {
 		j := i + 1
 		for j < len(t.recs) && plan.SameInode(t.recs[i], t.recs[j]) {
@@ -327,11 +355,12 @@ func (w *worker) run(t *task) *linkSrc {
 			w.c.setFatal(err)
 			return nil
 		}
-		ls := w.create(e, e.Dir, e.Name)
-		if ls != nil {
+		last = nil
+		if ls := w.create(e, e.Dir, e.Name); ls != nil {
 			w.c.Stats.Groups.Add(1)
 			w.ctr.Done.Add(1)
-			w.linkAll(ls, t.recs[i+1:j])
+			last = &linkTarget{ls: *ls}
+			w.linkAll(last, t.recs[i+1:j])
 			if t.result == nil && ls.nlink > uint64(j-i) {
 				w.c.Stats.OutsideLinks.Add(1)
 			}
@@ -340,14 +369,13 @@ func (w *worker) run(t *task) *linkSrc {
 		} else if j-i > 1 {
 			w.c.fail(e.Dir, e.Name, fmt.Errorf("%d other links of this inode were not created", j-i-1))
 		}
-		last = ls
 		i = j
 	}
 	return last
 }
 
-func (w *worker) linkAll(ls *linkSrc, recs [][]byte) {
-	if ls == nil {
+func (w *worker) linkAll(tgt *linkTarget, recs [][]byte) {
+	if tgt == nil {
 		return
 	}
 	c := w.c
@@ -360,36 +388,54 @@ func (w *worker) linkAll(ls *linkSrc, recs [][]byte) {
 			c.setFatal(err)
 			return
 		}
-		if c.noLinks.Load() {
-			w.extraCopy(ls, e)
-			continue
-		}
-		err = w.link(ls, e)
-		switch {
-		case err == nil:
-			c.Stats.Paths.Add(1)
-			c.Stats.Links.Add(1)
-			w.ctr.Paths.Add(1)
-		case errors.Is(err, unix.EMLINK):
-			// The inode is full: copy it again here and link the rest to
-			// the new copy.
-			if !ls.split {
-				ls.split = true
-				c.Stats.SplitGroups.Add(1)
+		for done := false; !done; {
+			ls := tgt.get()
+			if c.noLinks.Load() {
+				w.extraCopy(&ls, e)
+				break
 			}
-			if nls := w.extraCopy(ls, e); nls != nil {
-				nls.split = true
-				*ls = *nls
+			err = w.link(&ls, e)
+			done = true
+			switch {
+			case err == nil:
+				c.Stats.Paths.Add(1)
+				c.Stats.Links.Add(1)
+				w.ctr.Paths.Add(1)
+			case errors.Is(err, unix.EMLINK):
+				// The inode is full: copy it again here and link the
+				// rest of the group to the new copy, unless another
+				// chunk of the group has just done so: then link to
+				// its copy.
+				done = w.moveTarget(tgt, &ls, e)
+			case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS):
+				if !c.noLinks.Swap(true) {
+					c.opt.OnWarn("nolinks", fmt.Sprintf("the destination does not support hard links (%v): every path gets its own copy of the data", err))
+				}
+				w.extraCopy(&ls, e)
+			default:
+				c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", c.rel(ls.dir, ls.name), err))
 			}
-		case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS):
-			if !c.noLinks.Swap(true) {
-				c.opt.OnWarn("nolinks", fmt.Sprintf("the destination does not support hard links (%v): every path gets its own copy of the data", err))
-			}
-			w.extraCopy(ls, e)
-		default:
-			c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", c.rel(ls.dir, ls.name), err))
 		}
 	}
+}
+
+// moveTarget handles EMLINK on linking e to full, the group's target when
+// the link was tried. It reports whether e is done; false means the target
+// has moved meanwhile and the link is to be tried again.
+func (w *worker) moveTarget(tgt *linkTarget, full *linkSrc, e plan.Entry) bool {
+	tgt.mu.Lock()
+	defer tgt.mu.Unlock()
+	if tgt.ls.dir != full.dir || !bytes.Equal(tgt.ls.name, full.name) {
+		return false
+	}
+	if !tgt.split {
+		tgt.split = true
+		w.c.Stats.SplitGroups.Add(1)
+	}
+	if nls := w.extraCopy(full, e); nls != nil {
+		tgt.ls = *nls
+	}
+	return true
 }
 
 // extraCopy copies ls's source inode again to e's path.
@@ -514,13 +560,15 @@ func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.
 	sname := string(src.Name)
 	var sfd int
 	var err error
-	if !c.noAtime.Load() {
+	noAtime := !c.noAtime.Load()
+	if noAtime {
 		sfd, err = unix.Openat(spfd, sname, flags|unix.O_NOATIME, 0)
 		if errors.Is(err, unix.EPERM) {
-			c.noAtime.Store(true)
+			c.noAtime.Store(true) // not the owner: no O_NOATIME from now on
+			noAtime = false
 		}
 	}
-	if c.noAtime.Load() {
+	if !noAtime {
 		sfd, err = unix.Openat(spfd, sname, flags, 0)
 	}
 	if err != nil {
@@ -624,9 +672,7 @@ func (w *worker) setMetaAt(spfd, dpfd int, name string, st *unix.Stat_t, src pla
 	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
 		err := unix.Fchmodat(dpfd, name, st.Mode&07777, unix.AT_SYMLINK_NOFOLLOW)
 		if errors.Is(err, unix.EOPNOTSUPP) {
-			// No fchmodat2: the node was just made by us and is not a
-			// symlink, so following is harmless.
-			err = unix.Fchmodat(dpfd, name, st.Mode&07777, 0)
+			err = chmodNoFollow(dpfd, name, st.Mode&07777)
 		}
 		if err != nil {
 			c.fail(src.Dir, src.Name, fmt.Errorf("chmod: %w", err))
@@ -635,6 +681,26 @@ func (w *worker) setMetaAt(spfd, dpfd int, name string, st *unix.Stat_t, src pla
 	if err := unix.UtimesNanoAt(dpfd, name, []unix.Timespec{st.Atim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		c.fail(src.Dir, src.Name, fmt.Errorf("set times: %w", err))
 	}
+}
+
+// chmodNoFollow changes the mode of a device node, fifo or socket where the
+// kernel has no fchmodat2: the node is opened with O_PATH|O_NOFOLLOW (which
+// cannot open through a symlink swapped in meanwhile), checked, and changed
+// through its /proc/self/fd link, which names that very inode.
+func chmodNoFollow(dpfd int, name string, mode uint32) error {
+	fd, err := unix.Openat(dpfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return fmt.Errorf("%s became a symlink", name)
+	}
+	return unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), mode)
 }
 
 func (w *worker) copySymlink(spfd, dpfd int, src plan.Entry, name string, st *unix.Stat_t) error {
