@@ -315,7 +315,10 @@ func TestBadArguments(t *testing.T) {
 		{"dst is a symlink", []string{src, filepath.Join(base, "dstlink")}, "symlink", filepath.Join(full, "f")},
 		{"too few args", []string{src}, "accepts 2 arg", ""},
 		{"bad memory", []string{"--memory", "lots", src, filepath.Join(base, "d4")}, "invalid size", filepath.Join(base, "d4")},
+		{"state inside dst", []string{"--state", filepath.Join(base, "d5", "work"), src, filepath.Join(base, "d5")}, "inside DST", filepath.Join(base, "d5")},
+		{"state inside existing dst", []string{"--state", filepath.Join(base, "d6", "sub"), src, filepath.Join(base, "d6")}, "inside DST", filepath.Join(base, "d6", "sub")},
 	}
+	os.Mkdir(filepath.Join(base, "d6"), 0o755)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r := run(t, nil, append([]string{"copy"}, c.args...)...)

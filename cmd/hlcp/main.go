@@ -60,6 +60,7 @@ func verifyCopy(o job.Options) error {
 	vo := job.VerifyOptions{Options: o, JSON: o.Progress == progress.JSON}
 	vo.Verify.Checksum = true
 	vo.Verify.What = verify.All
+	vo.Verify.OneFileSystem = o.OneFileSystem // what -x left out is not missing
 	code, err := job.Verify(vo)
 	if code != 0 || err != nil {
 		if err == nil {

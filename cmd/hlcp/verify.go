@@ -36,7 +36,9 @@ ways. Content is read once per inode, however many paths it has. Verify never
 writes to SRC or DST (its temporary files go to --tmp).
 
 Exit codes: 0 identical, 1 different, 3 no difference found but some paths
-could not be checked, 2 bad arguments.`,
+could not be checked (errors, or files that changed while being verified),
+2 bad arguments, 4 verification stopped (a tree's root unreadable, I/O error
+on the temporary files).`,
 		Example: `  hlcp verify /backups/rsnapshot /mnt/new/rsnapshot
   hlcp verify --checksum --hash=sha256 /backups/rsnapshot /mnt/new/rsnapshot
   hlcp verify --sample 5 --json SRC DST > report.jsonl`,
@@ -45,7 +47,7 @@ could not be checked, 2 bad arguments.`,
 			if err := cf.apply(&o.Options); err != nil {
 				return &exitError{job.ExitUsage, err}
 			}
-			if o.Verify.Sample < 0 || o.Verify.Sample > 100 {
+			if !(o.Verify.Sample >= 0 && o.Verify.Sample <= 100) { // NaN too
 				return &exitError{job.ExitUsage, errorf("--sample must be a percentage (0-100)")}
 			}
 			o.Verify.What = verify.What{Perms: !noPerms, Owner: !noOwner, Times: !noTimes, Atime: atime, Xattrs: !noXattrs, ACLs: !noACLs}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -316,5 +317,77 @@ func TestCopyVerify(t *testing.T) {
 		if err := json.Unmarshal([]byte(l), &v); err != nil {
 			t.Errorf("stdout line is not JSON: %q", l)
 		}
+	}
+}
+
+// TestVerifyArguments: --sample 100 compares every inode's content; the
+// temporary directory may not be inside a tree; messages name the right
+// argument; verify leaves the trees' directory atimes alone.
+func TestVerifyArguments(t *testing.T) {
+	base := t.TempDir()
+	src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
+	for _, d := range []string{src, dst} {
+		must(t, os.MkdirAll(filepath.Join(d, "sub"), 0o755))
+	}
+	must(t, os.WriteFile(filepath.Join(src, "sub/f"), []byte("hello"), 0o644))
+	must(t, os.WriteFile(filepath.Join(dst, "sub/f"), []byte("jello"), 0o644))
+	old := unix.Timespec{Sec: 1577836800} // 2020-01-01
+	for _, p := range []string{src, dst, filepath.Join(src, "sub"), filepath.Join(dst, "sub")} {
+		if p != src && p != dst {
+			must(t, unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(p, "f"), []unix.Timespec{old, old}, 0))
+		}
+		must(t, unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{old, old}, 0))
+	}
+	r := run(t, nil, "verify", "--sample", "100", "--progress=none", src, dst)
+	if r.code != 1 || !strings.Contains(r.stdout, "content  sub/f") {
+		t.Errorf("--sample 100: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if isRoot() { // O_NOATIME needs ownership or CAP_FOWNER
+		for _, p := range []string{src, dst, filepath.Join(src, "sub"), filepath.Join(dst, "sub")} {
+			var st unix.Stat_t
+			must(t, unix.Lstat(p, &st))
+			if st.Atim != old {
+				t.Errorf("verify changed the atime of %s", p)
+			}
+		}
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"tmp inside src", []string{"--tmp", filepath.Join(src, "sub"), src, dst}, "inside SRC"},
+		{"tmp is dst", []string{"--tmp", dst, src, dst}, "inside DST"},
+		{"dst missing", []string{src, filepath.Join(base, "nope")}, "DST " + filepath.Join(base, "nope") + " does not exist"},
+		{"bad sample", []string{"--sample", "NaN", src, dst}, "--sample"},
+	} {
+		r := run(t, nil, append([]string{"verify"}, c.args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%s: exit %d, stderr %q; want exit 2 and %q", c.name, r.code, r.stderr, c.want)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(src, "sub")); len(ents) != 1 {
+		t.Errorf("verify wrote into SRC: %v", ents)
+	}
+}
+
+// TestCopyIntoEmptyDstWithDefaultACL: an existing empty DST whose default
+// ACL would be inherited by everything created in it still becomes an
+// exact copy.
+func TestCopyIntoEmptyDstWithDefaultACL(t *testing.T) {
+	if _, err := exec.LookPath("setfacl"); err != nil {
+		t.Skip("setfacl is not installed (CI installs acl)")
+	}
+	base := t.TempDir()
+	src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
+	os.Mkdir(src, 0o755)
+	testutil.BuildSnapshots(t, src, testutil.SnapshotSpec{Snapshots: 2, Files: 20, DirsPerLevel: 2, Depth: 1, ChangeRate: 0.2, Seed: 3, MaxSize: 1000})
+	os.Mkdir(dst, 0o755)
+	if out, err := exec.Command("setfacl", "-d", "-m", "u:65534:rwx", dst).CombinedOutput(); err != nil {
+		t.Skipf("setfacl on %s: %v %s (no ACL support here)", dst, err, out)
+	}
+	mustCopy(t, src, dst)
+	if r := run(t, nil, "verify", "--progress=none", src, dst); r.code != 0 {
+		t.Errorf("verify after copying into a DST with a default ACL: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -152,6 +152,9 @@ type runner struct {
 	stopped atomic.Bool
 	cp      *copier.Copier
 	dirs    *plan.DirTable
+	// prevErrors: per-path errors of earlier attempts of this job (their
+	// lines are in the error log, which every attempt appends to).
+	prevErrors int64
 }
 
 // Copy runs `hlcp copy`. It returns the exit code and an error to print
@@ -204,6 +207,18 @@ func (r *runner) run() (int, error) {
 	if o.State != "" {
 		if in, _ := inside(o.State, o.Src); in {
 			return ExitUsage, usagef("--state %s is inside SRC %s", fsx.Quote(o.State), fsx.Quote(o.Src))
+		}
+		// A state directory of the user's inside DST could collide with
+		// a directory of the copy (and be removed at the end with it);
+		// the default one, DST/.hlcp-state, is kept out of the copy.
+		in, err := inside(o.State, o.Dst)
+		if err != nil { // DST does not exist yet: compare the spellings
+			st, _ := realPath(o.State)
+			d, _ := realPath(o.Dst)
+			in = st == d || strings.HasPrefix(st, d+"/")
+		}
+		if in {
+			return ExitUsage, usagef("--state %s is inside DST %s: leave --state out to keep the state in DST/%s, or give a directory outside DST", fsx.Quote(o.State), fsx.Quote(o.Dst), StateName)
 		}
 	}
 	if stateName != "" {
@@ -258,15 +273,15 @@ func (r *runner) run() (int, error) {
 		}
 		r.j = old
 		r.j.Attempts++
+		r.prevErrors = old.Errors
 		r.sum.Resumed = true
 	} else {
-		if !exists {
-			// A new DST must not inherit a default ACL from its parent:
-			// files would get ACL entries the source does not have. The
-			// source root's own xattrs are applied at the end.
-			unix.Fremovexattr(r.dstFd, "system.posix_acl_default")
-			unix.Fremovexattr(r.dstFd, "system.posix_acl_access")
-		}
+		// DST (new, or empty) must not pass a default ACL, its own or one
+		// inherited from its parent, to what the copy creates: files
+		// would get ACL entries the source does not have. The source
+		// root's own xattrs and ACLs are applied at the end.
+		unix.Fremovexattr(r.dstFd, "system.posix_acl_default")
+		unix.Fremovexattr(r.dstFd, "system.posix_acl_access")
 		r.j, err = journal.Create(stateDir, id)
 		if err != nil {
 			return ExitUsage, err
@@ -298,6 +313,7 @@ func (r *runner) run() (int, error) {
 				cp.Stop(errInterrupted)
 				continue
 			}
+			r.errs.sync()
 			r.rep.Logf("interrupted: the job state is kept; rerun the same command to resume")
 			os.Exit(ExitInterrupted)
 		}
@@ -342,7 +358,16 @@ func (r *runner) stop(err error) (int, error) {
 	return code, fmt.Errorf("%s\nthe job state is kept in %s; rerun the same command to resume", msg, r.j.Dir)
 }
 
+// save records the job's progress. The error log is made durable first,
+// with the error count: progress past a failed path is never recorded
+// without the failure.
 func (r *runner) save() error {
+	if r.errs != nil {
+		if err := r.errs.sync(); err != nil {
+			return err
+		}
+		r.j.Errors = r.prevErrors + r.errs.count()
+	}
 	return r.j.Save()
 }
 
@@ -587,7 +612,6 @@ func (r *runner) copyPhase() error {
 		j.GroupsDone = r.cp.Stats.Groups.Load()
 		j.PathsDone = r.cp.Stats.Paths.Load()
 		j.BytesDone = r.cp.Stats.Bytes.Load()
-		j.Errors = r.errs.count()
 		return r.save()
 	}
 	err := r.cp.CopyPlan(j.Path("plan"), j.Watermark, ctr, ckpt, r.o.CheckpointEvery)
@@ -618,6 +642,7 @@ func (r *runner) finishJob() (int, error) {
 	if err := r.syncDst(); err != nil {
 		return r.stop(err)
 	}
+	r.fillSummary() // the root's own errors count too
 	code := ExitOK
 	if r.sum.Errors > 0 || r.sum.Changed > 0 || listed.Len() > 0 {
 		code = ExitPartial
@@ -630,7 +655,7 @@ func (r *runner) finishJob() (int, error) {
 	return code, nil
 }
 
-func (r *runner) sumErrorsFromEarlier() bool { return r.j.Errors > 0 }
+func (r *runner) sumErrorsFromEarlier() bool { return r.prevErrors > 0 }
 
 func (r *runner) fillSummary() {
 	s := &r.sum
@@ -653,7 +678,7 @@ func (r *runner) fillSummary() {
 		s.Changed = st.Changed.Load()
 	}
 	if r.errs != nil {
-		s.Errors = r.errs.count()
+		s.Errors = r.prevErrors + r.errs.count()
 		s.Warnings = r.errs.warnings()
 	}
 	s.PeakRSS = PeakRSS()

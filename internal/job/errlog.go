@@ -16,14 +16,15 @@ import (
 // state directory (memory does not grow with the number of errors), and
 // listed again at the end.
 type errLog struct {
-	mu    sync.Mutex
-	rep   *progress.Reporter
-	path  string
-	f     *os.File
-	w     *bufio.Writer
-	n     int64
-	warns map[string]bool
-	warnL []string
+	mu     sync.Mutex
+	rep    *progress.Reporter
+	path   string
+	f      *os.File
+	w      *bufio.Writer
+	n      int64
+	closed bool // the log file is closed: errors are still counted and shown
+	warns  map[string]bool
+	warnL  []string
 }
 
 func newErrLog(rep *progress.Reporter, path string) (*errLog, error) {
@@ -38,8 +39,10 @@ func (e *errLog) add(rel string, err error) {
 	line := fmt.Sprintf("%s: %v", fsx.Quote(rel), err)
 	e.mu.Lock()
 	e.n++
-	e.w.WriteString(line)
-	e.w.WriteByte('\n')
+	if !e.closed {
+		e.w.WriteString(line)
+		e.w.WriteByte('\n')
+	}
 	e.mu.Unlock()
 	e.rep.Logf("error: %s", line)
 }
@@ -83,9 +86,30 @@ func (e *errLog) list(w io.Writer) (int64, error) {
 	return io.Copy(w, f)
 }
 
+// sync makes the spooled errors durable, so that a checkpoint never
+// records progress past an error that a crash would then forget.
+func (e *errLog) sync() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil
+	}
+	if err := e.w.Flush(); err != nil {
+		return fmt.Errorf("error log: %w", err)
+	}
+	if err := e.f.Sync(); err != nil {
+		return fmt.Errorf("error log: %w", err)
+	}
+	return nil
+}
+
 func (e *errLog) close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closed {
+		return nil
+	}
+	e.closed = true
 	e.w.Flush()
 	return e.f.Close()
 }

@@ -29,20 +29,24 @@ func devIno(p string) (uint64, uint64, error) {
 }
 
 // checkSrc validates SRC: an existing directory, not a symlink.
-func checkSrc(src string) error {
-	fi, err := os.Lstat(src)
+func checkSrc(src string) error { return checkTree("SRC", src) }
+
+// checkTree validates a tree argument (role names it in messages): an
+// existing directory, not a symlink.
+func checkTree(role, p string) error {
+	fi, err := os.Lstat(p)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return usagef("SRC %s does not exist", fsx.Quote(src))
+			return usagef("%s %s does not exist", role, fsx.Quote(p))
 		}
-		return usagef("SRC %s: %v", fsx.Quote(src), err)
+		return usagef("%s %s: %v", role, fsx.Quote(p), err)
 	}
 	if fi.Mode()&os.ModeSymlink != 0 {
-		t, _ := os.Readlink(src)
-		return usagef("SRC %s is a symlink (to %s); hlcp never follows symlinks: give the directory itself", fsx.Quote(src), fsx.Quote(t))
+		t, _ := os.Readlink(p)
+		return usagef("%s %s is a symlink (to %s); hlcp never follows symlinks: give the directory itself", role, fsx.Quote(p), fsx.Quote(t))
 	}
 	if !fi.IsDir() {
-		return usagef("SRC %s is not a directory (hlcp copies directory trees)", fsx.Quote(src))
+		return usagef("%s %s is not a directory (hlcp works on directory trees)", role, fsx.Quote(p))
 	}
 	return nil
 }

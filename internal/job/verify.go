@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -35,9 +36,21 @@ func FormatDiff(d verify.Diff) string {
 func Verify(o VerifyOptions) (int, error) {
 	o.defaults()
 	setMemoryLimit(o.Memory)
-	for _, p := range []string{o.Src, o.Dst} {
-		if err := checkSrc(p); err != nil {
-			return ExitUsage, err
+	if err := checkTree("SRC", o.Src); err != nil {
+		return ExitUsage, err
+	}
+	if err := checkTree("DST", o.Dst); err != nil {
+		return ExitUsage, err
+	}
+	// Verify never writes to the trees: its sort files must not land in
+	// one of them (they would also show up as differences).
+	tmp := o.Verify.TmpDir
+	if tmp == "" {
+		tmp = os.TempDir()
+	}
+	for _, t := range []struct{ role, p string }{{"SRC", o.Src}, {"DST", o.Dst}} {
+		if in, err := inside(tmp, t.p); err == nil && in {
+			return ExitUsage, usagef("the temporary directory %s is inside %s %s (verify never writes to the trees): give another with --tmp", fsx.Quote(tmp), t.role, fsx.Quote(t.p))
 		}
 	}
 	start := time.Now()

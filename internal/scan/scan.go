@@ -121,7 +121,7 @@ func Scan(root string, opt Options) (Stats, error) {
 	}
 	s := &scanner{opt: opt, trust: make(map[uint64]bool)}
 	s.cond = sync.NewCond(&s.mu)
-	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := fsx.OpenNoAtime(unix.AT_FDCWD, root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	if err != nil {
 		return Stats{}, fmt.Errorf("open %s: %w", root, err)
 	}
@@ -310,7 +310,7 @@ func (w *worker) process(it item) int {
 		}
 		w.rel = append(w.rel, it.name...)
 		var err error
-		fd, err = unix.Openat(p.fd, string(it.name), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		fd, err = fsx.OpenNoAtime(p.fd, string(it.name), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 		if err != nil {
 			w.report(parentRel, it.name, fmt.Errorf("open directory: %w", err))
 			// Keep its metadata if it still exists, so that the copy can

@@ -74,7 +74,10 @@ type Inode struct {
 	St     unix.Stat_t
 	Target []byte
 	Xattrs []fsx.Xattr
-	Sum    []byte // content hash, when asked
+	// NoXattrs: the xattrs could not be read (the error is reported);
+	// they are not compared.
+	NoXattrs bool
+	Sum      []byte // content hash, when asked
 }
 
 func ts(t unix.Timespec) string { return fmt.Sprintf("%d.%09d", t.Sec, t.Nsec) }
@@ -116,7 +119,7 @@ func CompareMeta(a, b *Inode, w What) []Diff {
 	if ta == unix.S_IFLNK && !bytes.Equal(a.Target, b.Target) {
 		add(CodeTarget, "%q -> %q", a.Target, b.Target)
 	}
-	if w.Xattrs || w.ACLs {
+	if (w.Xattrs || w.ACLs) && !a.NoXattrs && !b.NoXattrs {
 		i, j := 0, 0
 		for i < len(a.Xattrs) || j < len(b.Xattrs) {
 			var name string

@@ -200,7 +200,10 @@ func Run(o Options, emit func(Diff) error) (Result, error) {
 	}
 	defer os.RemoveAll(tmp)
 	r := &run{o: o, tmp: tmp, hasher: h, seed: rand.Uint64()}
-	if o.Sample > 0 && o.Sample < 100 {
+	switch {
+	case o.Sample >= 100:
+		r.o.Checksum = true
+	case o.Sample > 0:
 		r.sample = uint64(o.Sample / 100 * (1 << 32))
 	}
 	if err := os.Mkdir(filepath.Join(tmp, "diffs"), 0o700); err != nil {
@@ -250,8 +253,8 @@ func (r *run) diff(code string, key []byte, format string, args ...any) {
 	r.diffs.Add(rec)
 	v, _ := r.byCode.LoadOrStore(code, new(atomic.Int64))
 	v.(*atomic.Int64).Add(1)
-	if code == CodeError {
-		r.errs.Add(1)
+	if code == CodeError || code == CodeChanged {
+		r.errs.Add(1) // not a difference: the path could not be checked
 	}
 }
 
@@ -638,10 +641,7 @@ func (w *worker) load(s *side, dir uint32, name string, typ uint8, dev, ino uint
 	}
 	defer s.cache.Release(dir)
 	if typ == fsx.TypeReg {
-		fd, err := unix.Openat(pfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-		if errors.Is(err, unix.EPERM) {
-			fd, err = unix.Openat(pfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-		}
+		fd, err := fsx.OpenNoAtime(pfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC)
 		if err != nil {
 			r.diff(CodeError, key, "%s: open: %v", s.name, err)
 			return false
@@ -656,6 +656,7 @@ func (w *worker) load(s *side, dir uint32, name string, typ uint8, dev, ino uint
 		}
 		if r.o.What.Xattrs || r.o.What.ACLs {
 			if in.Xattrs, err = w.x.ReadFd(fd); err != nil {
+				in.NoXattrs = true
 				r.diff(CodeError, key, "%s: %v", s.name, err)
 			}
 		}
@@ -704,6 +705,7 @@ func (w *worker) load(s *side, dir uint32, name string, typ uint8, dev, ino uint
 	if r.o.What.Xattrs || r.o.What.ACLs {
 		var err error
 		if in.Xattrs, err = w.x.ReadPath(fsx.ProcPath(pfd, name)); err != nil {
+			in.NoXattrs = true
 			r.diff(CodeError, key, "%s: %v", s.name, err)
 		}
 	}
@@ -739,10 +741,12 @@ func (w *worker) dir(t task) {
 		if (r.o.What.Xattrs || r.o.What.ACLs) && d.Flags&(plan.DirUnreadable|plan.DirGone) == 0 {
 			fd, err := w.openDir(s, &d)
 			if err != nil {
+				in.NoXattrs = true
 				r.diff(CodeError, t.key, "%s: open directory: %v", s.name, err)
 				continue
 			}
 			if in.Xattrs, err = w.x.ReadFd(fd); err != nil {
+				in.NoXattrs = true
 				r.diff(CodeError, t.key, "%s: %v", s.name, err)
 			}
 			unix.Close(fd)
@@ -755,7 +759,7 @@ func (w *worker) dir(t task) {
 
 func (w *worker) openDir(s *side, d *plan.Dir) (int, error) {
 	if d.ID == 0 {
-		return unix.Openat(s.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		return fsx.OpenNoAtime(s.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	}
 	pfd, err := s.cache.Acquire(d.Parent)
 	if err != nil {
@@ -763,9 +767,5 @@ func (w *worker) openDir(s *side, d *plan.Dir) (int, error) {
 	}
 	defer s.cache.Release(d.Parent)
 	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := unix.Openat(pfd, string(d.Name), flags|unix.O_NOATIME, 0)
-	if errors.Is(err, unix.EPERM) { // O_NOATIME needs ownership
-		fd, err = unix.Openat(pfd, string(d.Name), flags, 0)
-	}
-	return fd, err
+	return fsx.OpenNoAtime(pfd, string(d.Name), flags)
 }
