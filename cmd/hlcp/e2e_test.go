@@ -395,6 +395,44 @@ func TestUnreadableReported(t *testing.T) {
 	}
 }
 
+// TestErrorsSurviveCrash: errors reported before a crash (here the scan's
+// unreadable directory, then a kill right after the scan's checkpoint) are
+// still listed, and still make the exit code "partial", when the rerun
+// finishes the job.
+func TestErrorsSurviveCrash(t *testing.T) {
+	if !isRoot() {
+		t.Skip("needs root to run hlcp as another user")
+	}
+	base := t.TempDir()
+	for p := base; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+		os.Chmod(p, 0o755)
+	}
+	src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
+	os.MkdirAll(filepath.Join(src, "closed"), 0o755)
+	os.WriteFile(filepath.Join(src, "ok"), []byte("a"), 0o644)
+	filepath.Walk(src, func(p string, fi os.FileInfo, err error) error { return os.Lchown(p, 65534, 65534) })
+	os.Chmod(filepath.Join(src, "closed"), 0)
+	os.Chown(base, 65534, 65534)
+	t.Cleanup(func() { os.Chmod(filepath.Join(src, "closed"), 0o755) })
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+
+	cmd := exec.Command(hlcpBin, "copy", "-q", src, dst)
+	cmd.Env = append(os.Environ(), "HLCP_TEST_CRASH_AT=sort")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 137 {
+		t.Fatalf("the crash hook did not fire: %v\n%s", err, out)
+	}
+	r := run(t, nobody, "copy", "--progress=plain", src, dst)
+	if r.code != 3 || !strings.Contains(r.stderr, "closed: open directory: permission denied") {
+		t.Errorf("rerun after the crash: exit %d, want 3 with the scan's error listed\nstderr:\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Lstat(filepath.Join(dst, "ok")); err != nil {
+		t.Errorf("ok not copied: %v", err)
+	}
+}
+
 func TestProgressJSON(t *testing.T) {
 	base := t.TempDir()
 	src := filepath.Join(base, "src")
