@@ -433,6 +433,28 @@ func TestErrorsSurviveCrash(t *testing.T) {
 	}
 }
 
+// TestRestartDamagedState: a job state that cannot be read refuses a plain
+// rerun (nothing is guessed) and is discarded by --restart.
+func TestRestartDamagedState(t *testing.T) {
+	base := t.TempDir()
+	src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
+	os.Mkdir(src, 0o755)
+	testutil.BuildSnapshots(t, src, testutil.SnapshotSpec{Snapshots: 2, Files: 30, DirsPerLevel: 2, Depth: 1, ChangeRate: 0.2, Seed: 5, MaxSize: 2000})
+	cmd := exec.Command(hlcpBin, "copy", "-q", src, dst)
+	cmd.Env = append(os.Environ(), "HLCP_TEST_CRASH_AT=copy")
+	if err := cmd.Run(); err == nil {
+		t.Fatal("the crash hook did not fire")
+	}
+	must(t, os.WriteFile(filepath.Join(dst, ".hlcp-state", "state.json"), []byte("{garbage"), 0o600))
+	if r := run(t, nil, "copy", "-q", src, dst); r.code != 2 || !strings.Contains(r.stderr, "--restart") {
+		t.Errorf("rerun on a damaged state: exit %d, stderr %q; want 2 and a hint to --restart", r.code, r.stderr)
+	}
+	mustCopy(t, src, dst, "--restart")
+	if r := run(t, nil, "verify", "--progress=none", src, dst); r.code != 0 {
+		t.Errorf("verify after --restart: exit %d\n%s", r.code, r.stdout)
+	}
+}
+
 func TestProgressJSON(t *testing.T) {
 	base := t.TempDir()
 	src := filepath.Join(base, "src")

@@ -236,7 +236,12 @@ func (r *runner) run() (int, error) {
 	if exists || o.State != "" {
 		old, err = journal.Open(stateDir)
 		if err != nil && !errors.Is(err, journal.ErrNoJob) {
-			return ExitUsage, usagef("%v (pass --restart to discard it)", err)
+			if !o.Restart {
+				return ExitUsage, usagef("%v (pass --restart to discard it)", err)
+			}
+			// Damaged or of another version, but a job's state: --restart
+			// discards it like any other.
+			old = &journal.Journal{Dir: stateDir}
 		}
 	}
 	if old != nil && o.Restart {

@@ -85,7 +85,12 @@ const stateFile = "state.json"
 // writes its first state.
 func Create(dir string, id Identity) (*Journal, error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+		// A crash between this mkdir and the first save leaves the
+		// directory empty, or with the temporary state file only: it is
+		// ours and is reused. Anything else is not ours to overwrite.
+		if !errors.Is(err, os.ErrExist) || !leftover(dir) {
+			return nil, fmt.Errorf("create state directory: %w", err)
+		}
 	}
 	now := time.Now().UTC()
 	j := &Journal{Dir: dir, State: State{Version: Version, ID: id, Phase: PhaseScan, Started: now, Attempts: 1}}
@@ -93,6 +98,21 @@ func Create(dir string, id Identity) (*Journal, error) {
 		return nil, err
 	}
 	return j, nil
+}
+
+// leftover reports whether dir holds nothing but what a crash during Create
+// can leave.
+func leftover(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if e.Name() != stateFile+".tmp" {
+			return false
+		}
+	}
+	return true
 }
 
 // ErrNoJob means there is no state directory (or no state in it).

@@ -42,3 +42,37 @@ func TestCreateSaveOpen(t *testing.T) {
 		t.Errorf("Open after Remove: %v", err)
 	}
 }
+
+// TestCreateAfterCrash: a state directory left empty (or with only the
+// temporary state file) by a crash inside Create is reused; a directory
+// with anything else in it is refused.
+func TestCreateAfterCrash(t *testing.T) {
+	base := t.TempDir()
+	cases := []struct {
+		name  string
+		files []string
+		ok    bool
+	}{
+		{"empty", nil, true},
+		{"temp state only", []string{stateFile + ".tmp"}, true},
+		{"someone's data", []string{"precious"}, false},
+	}
+	for _, c := range cases {
+		dir := filepath.Join(base, c.name)
+		os.Mkdir(dir, 0o700)
+		for _, f := range c.files {
+			os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600)
+		}
+		_, err := Create(dir, Identity{Command: "copy"})
+		if (err == nil) != c.ok {
+			t.Errorf("%s: Create error %v, want ok=%v", c.name, err, c.ok)
+		}
+		if c.ok {
+			if j2, err := Open(dir); err != nil || j2.ID.Command != "copy" {
+				t.Errorf("%s: Open after Create: %v", c.name, err)
+			}
+		} else if _, err := os.Stat(filepath.Join(dir, "precious")); err != nil {
+			t.Errorf("%s: the directory's content was touched", c.name)
+		}
+	}
+}
