@@ -343,18 +343,26 @@ func TestBadArguments(t *testing.T) {
 	}
 }
 
+// nobodyDirs makes a base directory that user nobody can reach and own,
+// with the paths of SRC and DST in it (neither exists yet); it skips the
+// test when not root.
+func nobodyDirs(t *testing.T) (base, src, dst string) {
+	t.Helper()
+	if !isRoot() {
+		t.Skip("needs root to run hlcp as another user")
+	}
+	base = t.TempDir()
+	for p := base; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+		os.Chmod(p, 0o755)
+	}
+	return base, filepath.Join(base, "src"), filepath.Join(base, "dst")
+}
+
 // TestUnreadableReported runs hlcp as an unprivileged user on a tree with an
 // unreadable file and directory: both are reported with their paths, the
 // rest is copied, and the exit code says "partial".
 func TestUnreadableReported(t *testing.T) {
-	if !isRoot() {
-		t.Skip("needs root to run hlcp as another user")
-	}
-	base := t.TempDir()
-	for p := base; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
-		os.Chmod(p, 0o755)
-	}
-	src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
+	base, src, dst := nobodyDirs(t)
 	os.MkdirAll(filepath.Join(src, "ok", "deeper"), 0o755)
 	os.MkdirAll(filepath.Join(src, "closed"), 0o755)
 	os.WriteFile(filepath.Join(src, "ok", "a"), []byte("a"), 0o644)
@@ -400,14 +408,7 @@ func TestUnreadableReported(t *testing.T) {
 // still listed, and still make the exit code "partial", when the rerun
 // finishes the job.
 func TestErrorsSurviveCrash(t *testing.T) {
-	if !isRoot() {
-		t.Skip("needs root to run hlcp as another user")
-	}
-	base := t.TempDir()
-	for p := base; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
-		os.Chmod(p, 0o755)
-	}
-	src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
+	base, src, dst := nobodyDirs(t)
 	os.MkdirAll(filepath.Join(src, "closed"), 0o755)
 	os.WriteFile(filepath.Join(src, "ok"), []byte("a"), 0o644)
 	filepath.Walk(src, func(p string, fi os.FileInfo, err error) error { return os.Lchown(p, 65534, 65534) })
