@@ -456,6 +456,41 @@ func TestRestartDamagedState(t *testing.T) {
 	}
 }
 
+// TestCrashAtTheEnd: a job killed when everything but the root's own
+// metadata and the state's removal is done is finished by the rerun; a
+// read-only root (mode 0555, as user nobody) gets its mode and mtime.
+func TestCrashAtTheEnd(t *testing.T) {
+	base, src, dst := nobodyDirs(t)
+	os.MkdirAll(filepath.Join(src, "d"), 0o755)
+	os.WriteFile(filepath.Join(src, "d", "f"), []byte("x"), 0o644)
+	filepath.Walk(src, func(p string, fi os.FileInfo, err error) error { return os.Lchown(p, 65534, 65534) })
+	os.Chown(base, 65534, 65534)
+	must(t, os.Chmod(src, 0o555))
+	mt := unix.Timespec{Sec: 1000000000, Nsec: 123}
+	must(t, unix.UtimesNanoAt(unix.AT_FDCWD, src, []unix.Timespec{mt, mt}, 0))
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	cmd := exec.Command(hlcpBin, "copy", "-q", src, dst)
+	cmd.Env = append(os.Environ(), "HLCP_TEST_CRASH_AT=done")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
+	if err := cmd.Run(); err == nil {
+		t.Fatal("the crash hook did not fire")
+	}
+	if r := run(t, nobody, "copy", "-q", src, dst); r.code != 0 {
+		t.Fatalf("rerun: exit %d\n%s", r.code, r.stderr)
+	}
+	var st unix.Stat_t
+	must(t, unix.Lstat(dst, &st))
+	if st.Mode&07777 != 0o555 || st.Mtim != mt {
+		t.Errorf("DST root: mode %o mtime %v, want 555 and %v", st.Mode&07777, st.Mtim, mt)
+	}
+	if _, err := os.Lstat(filepath.Join(dst, ".hlcp-state")); err == nil {
+		t.Errorf("the state was not removed")
+	}
+	if r := run(t, nil, "verify", "--progress=none", "--no-owner", src, dst); r.code != 0 {
+		t.Errorf("verify: exit %d\n%s", r.code, r.stdout)
+	}
+}
+
 func TestProgressJSON(t *testing.T) {
 	base := t.TempDir()
 	src := filepath.Join(base, "src")

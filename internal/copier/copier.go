@@ -237,6 +237,30 @@ func (c *Copier) FinishRoot() error {
 	return c.Fatal()
 }
 
+// InRoot runs f (which changes the root's content, as removing the job's
+// state does) after FinishRoot: with the owner's write permission on the
+// root for the time of f when its final mode lacks it, and with the root's
+// times set again afterwards.
+func (c *Copier) InRoot(f func() error) error {
+	var d plan.Dir
+	if err := c.dirs.Get(0, &d); err != nil {
+		return err
+	}
+	err := f()
+	if err != nil && d.Mode&0o300 != 0o300 && errors.Is(err, unix.EACCES) {
+		if cerr := unix.Fchmod(c.dstRoot, d.Mode&07777|0o700); cerr == nil {
+			err = f()
+			if cerr := unix.Fchmod(c.dstRoot, d.Mode&07777); cerr != nil {
+				c.fail(0, nil, fmt.Errorf("chmod: %w", cerr))
+			}
+		}
+	}
+	if terr := futimens(c.dstRoot, []unix.Timespec{d.Atime, d.Mtime}); terr != nil {
+		c.fail(0, nil, fmt.Errorf("set times: %w", terr))
+	}
+	return err
+}
+
 func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
 	dfd, err := openDir(c.dstDirs, c.dstRoot, d, unix.O_RDONLY)
 	if err != nil {

@@ -636,9 +636,8 @@ func (r *runner) copyPhase() error {
 	return r.save()
 }
 
-// finishJob removes the state and sets the root's metadata last (the state
-// directory lives in the root by default, and removing it changes the
-// root's mtime).
+// finishJob sets the root's metadata, removes the state (which lives in
+// the root by default) and sets the root's times again.
 func (r *runner) finishJob() (int, error) {
 	r.fillSummary()
 	var listed strings.Builder
@@ -646,11 +645,17 @@ func (r *runner) finishJob() (int, error) {
 		r.errs.list(&listed)
 	}
 	r.errs.close()
-	if err := r.j.Remove(); err != nil {
-		r.rep.Logf("warning: remove state directory: %v", err)
-	}
+	// The root's metadata is set while the state still exists (a crash
+	// here is resumed like any other), then the state is removed and the
+	// root's times, which that removal changed, are set again.
 	if err := r.cp.FinishRoot(); err != nil {
 		return r.stop(err)
+	}
+	if err := r.syncDst(); err != nil {
+		return r.stop(err)
+	}
+	if err := r.cp.InRoot(r.j.Remove); err != nil {
+		r.rep.Logf("warning: remove state directory: %v", err)
 	}
 	if err := r.syncDst(); err != nil {
 		return r.stop(err)
