@@ -432,6 +432,11 @@ func (r *runner) phases() error {
 			return err
 		}
 		r.rep.End()
+		// The skeleton must be durable before the journal says it exists
+		// (the state may be on another filesystem than DST).
+		if err := r.syncDst(); err != nil {
+			return err
+		}
 		j.Phase = journal.PhaseCopy
 		if err := r.save(); err != nil {
 			return err
