@@ -1,4 +1,4 @@
-// Command hlcp copies, moves and verifies huge hard-link-heavy directory
+// Command hlcp copies and verifies huge hard-link-heavy directory
 // trees (rsnapshot, rsync --link-dest, dirvish, Back In Time repositories)
 // exactly, in bounded memory, with live progress, resumably.
 package main
@@ -173,8 +173,8 @@ rerun the same command: it resumes from its last checkpoint.
 func main() {
 	root := &cobra.Command{
 		Use:   "hlcp",
-		Short: "Copy, move and verify huge hard-link-heavy directory trees",
-		Long: `hlcp copies, moves and verifies huge hard-link-heavy directory trees, such as
+		Short: "Copy and verify huge hard-link-heavy directory trees",
+		Long: `hlcp copies and verifies huge hard-link-heavy directory trees, such as
 rsnapshot, rsync --link-dest, dirvish and Back In Time backup repositories,
 exactly (hard links, every file type, all metadata), in bounded memory, with
 live progress, and resumably.
