@@ -54,6 +54,35 @@ func buildPlan(t *testing.T, src, state string) (*plan.DirTable, string, []pent)
 	return tab, p, out
 }
 
+// trees makes the directories of a test: SRC under srcBase (or the test's
+// temporary directory), DST and the state beside each other.
+func trees(t *testing.T, srcBase string) (src, dst, state string) {
+	base := t.TempDir()
+	if srcBase == "" {
+		srcBase = base
+	}
+	src, dst, state = filepath.Join(srcBase, "s"), filepath.Join(base, "d"), filepath.Join(base, "st")
+	for _, d := range []string{src, dst, state} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return src, dst, state
+}
+
+// linked makes a file a in src with n-1 more links named by format.
+func linked(t *testing.T, src string, n int, format string) {
+	a := filepath.Join(src, "a")
+	if err := os.WriteFile(a, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < n; i++ {
+		if err := os.Link(a, filepath.Join(src, fmt.Sprintf(format, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func openRoot(t *testing.T, p string) int {
 	fd, err := unix.Open(p, unix.O_DIRECTORY|unix.O_RDONLY, 0)
 	if err != nil {
@@ -66,11 +95,7 @@ func openRoot(t *testing.T, p string) int {
 // checkpoint's watermark must not pass a group whose links were not made
 // (the tasks queued behind the stop are drained without their links).
 func TestWatermarkAfterStop(t *testing.T) {
-	base := t.TempDir()
-	src, dst, state := filepath.Join(base, "s"), filepath.Join(base, "d"), filepath.Join(base, "st")
-	os.Mkdir(src, 0o755)
-	os.Mkdir(dst, 0o755)
-	os.Mkdir(state, 0o755)
+	src, dst, state := trees(t, "")
 	for i := 0; i < 1500; i++ {
 		a := filepath.Join(src, fmt.Sprintf("f%04d_a", i))
 		os.WriteFile(a, []byte("x"), 0o644)
@@ -112,16 +137,8 @@ func TestWatermarkAfterStop(t *testing.T) {
 // TestWatermarkBigLast: a large group that ends the plan with a size that is
 // a multiple of bigChunk; the final watermark is still the end of the plan.
 func TestWatermarkBigLast(t *testing.T) {
-	base := t.TempDir()
-	src, dst, state := filepath.Join(base, "s"), filepath.Join(base, "d"), filepath.Join(base, "st")
-	os.Mkdir(src, 0o755)
-	os.Mkdir(dst, 0o755)
-	os.Mkdir(state, 0o755)
-	a := filepath.Join(src, "a")
-	os.WriteFile(a, []byte("x"), 0o644)
-	for i := 1; i < bigChunk; i++ {
-		os.Link(a, filepath.Join(src, fmt.Sprintf("l%05d", i)))
-	}
+	src, dst, state := trees(t, "")
+	linked(t, src, bigChunk, "l%05d")
 	tab, p, _ := buildPlan(t, src, state)
 	fi, _ := os.Stat(p)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
@@ -154,17 +171,9 @@ func TestEmlinkSplits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(sbase)
-	base := t.TempDir()
-	src, dst, state := filepath.Join(sbase, "s"), filepath.Join(base, "d"), filepath.Join(base, "st")
-	os.Mkdir(src, 0o755)
-	os.Mkdir(dst, 0o755)
-	os.Mkdir(state, 0o755)
-	a := filepath.Join(src, "a")
-	os.WriteFile(a, []byte("x"), 0o644)
+	src, dst, state := trees(t, sbase)
 	const n = 140000
-	for i := 1; i < n; i++ {
-		os.Link(a, filepath.Join(src, fmt.Sprintf("l%06d", i)))
-	}
+	linked(t, src, n, "l%06d")
 	tab, p, _ := buildPlan(t, src, state)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	c, _ := New(sfd, dfd, tab, Options{Jobs: 2})
