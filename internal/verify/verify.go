@@ -477,21 +477,7 @@ func (r *run) pairs() error {
 			pending = nil
 		}
 	}
-	var err error
-	for {
-		var rec []byte
-		rec, err = rd.Next()
-		if err == io.EOF {
-			err = nil
-			break
-		}
-		if err != nil {
-			break
-		}
-		if len(rec) < 32+1+pairTail {
-			err = errors.New("verify: bad pair record")
-			break
-		}
+	err := eachRecord(rd, 32+1+pairTail, "pair", func(rec []byte) error {
 		ctr.Done.Add(1)
 		key := pairKey(rec)
 		if first == nil || !bytes.Equal(first[:16], rec[:16]) {
@@ -502,7 +488,7 @@ func (r *run) pairs() error {
 		}
 		if cur != nil && bytes.Equal(cur[:32], rec[:32]) {
 			pending.others++ // same pair: compared once
-			continue
+			return nil
 		}
 		send()
 		cur = append(cur[:0], rec...)
@@ -512,7 +498,8 @@ func (r *run) pairs() error {
 		t := task{typ: tail[8], key: append([]byte(nil), key...), sdev: be.Uint64(rec), sino: be.Uint64(rec[8:]), ddev: be.Uint64(rec[16:]), dino: be.Uint64(rec[24:]), sdir: be.Uint32(tail), ddir: be.Uint32(tail[4:])}
 		t.checksum = t.typ == fsx.TypeReg && (r.o.Checksum || r.sample > 0 && r.sampled(t.sdev, t.sino))
 		pending = &t
-	}
+		return nil
+	})
 	if err == nil {
 		send()
 	}
@@ -525,6 +512,26 @@ func (r *run) pairs() error {
 	return err
 }
 
+// eachRecord calls fn with every record of rd (valid during the call) until
+// the end, an error, or a record shorter than min (a damaged sort file).
+func eachRecord(rd *extsort.Reader, min int, what string, fn func(rec []byte) error) error {
+	for {
+		rec, err := rd.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(rec) < min {
+			return fmt.Errorf("verify: bad %s record", what)
+		}
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
+}
+
 func (r *run) sampled(dev, ino uint64) bool {
 	x := (dev*0x9E3779B97F4A7C15 ^ ino*0xC2B2AE3D27D4EB4F ^ r.seed) * 0x165667B19E3779F9
 	return x>>32 < r.sample
@@ -535,27 +542,14 @@ func (r *run) sampled(dev, ino uint64) bool {
 func (r *run) reverse() error {
 	rd, done := extsort.MergeStream(r.dst.pathRuns, filepath.Join(r.tmp, "pb"), int(r.o.Memory/4), nil)
 	var first []byte
-	var err error
-	for {
-		var rec []byte
-		rec, err = rd.Next()
-		if err == io.EOF {
-			err = nil
-			break
-		}
-		if err != nil {
-			break
-		}
-		if len(rec) < 33 {
-			err = errors.New("verify: bad reverse pair record")
-			break
-		}
+	err := eachRecord(rd, 33, "reverse pair", func(rec []byte) error {
 		if first == nil || !bytes.Equal(first[:16], rec[:16]) {
 			first = append(first[:0], rec...)
 		} else if !bytes.Equal(first[16:32], rec[16:32]) {
 			r.diff(CodeJoined, rec[32:], "shares an inode with %s in DST but not in SRC", fsx.Quote(keyPath(first[32:])))
 		}
-	}
+		return nil
+	})
 	if e := done(); err == nil {
 		err = e
 	}
