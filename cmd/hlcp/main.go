@@ -118,6 +118,16 @@ func (c *commonFlags) apply(o *job.Options) error {
 	return nil
 }
 
+// jobFlags are the flags of copy and move.
+func jobFlags(cmd *cobra.Command, o *job.Options) {
+	f := cmd.Flags()
+	f.StringVar(&o.State, "state", "", "keep the job state in DIR instead of DST/.hlcp-state (on a fast disk, or when SRC has a .hlcp-state entry)")
+	f.BoolVar(&o.Restart, "restart", false, "discard the state of an unfinished job in DST and start over")
+	f.BoolVarP(&o.OneFileSystem, "one-file-system", "x", false, "do not descend into mount points below SRC (they are created empty)")
+	f.IntVar(&o.Retries, "retries", 3, "times to recopy a file that changes while it is copied before reporting it")
+	f.DurationVar(&o.CheckpointEvery, "checkpoint", 10*time.Second, "how often to make progress durable (syncfs + journal)")
+}
+
 func copyCmd() *cobra.Command {
 	var cf commonFlags
 	var o job.Options
@@ -135,7 +145,8 @@ rsync SRC/ DST/; there is no trailing-slash distinction). Memory stays within
 
 The job's state lives in DST/.hlcp-state (or --state DIR) and is removed at
 the end. If the copy is interrupted (Ctrl-C, kill -9, power loss, full disk),
-rerun the same command: it resumes from its last checkpoint.
+rerun the same command: it resumes from its last checkpoint. ` + "`hlcp status DST`" + `
+shows how far an unfinished job got.
 
 ` + exitCodes,
 		Example: `  hlcp copy /backups/rsnapshot /mnt/newdisk/rsnapshot
@@ -160,21 +171,85 @@ rerun the same command: it resumes from its last checkpoint.
 		},
 	}
 	cf.add(cmd)
+	cmd.Flags().BoolVar(&verifyAfter, "verify", false, "after the copy, run `hlcp verify --checksum SRC DST` (content read again on both sides); exit 1 if they differ")
+	jobFlags(cmd, &o)
+	return cmd
+}
+
+func moveCmd() *cobra.Command {
+	var cf commonFlags
+	var o job.Options
+	cmd := &cobra.Command{
+		Use:   "move [flags] SRC DST",
+		Short: "Copy SRC to DST, then remove from SRC what is safely in DST",
+		Long: `Move copies SRC to DST exactly as ` + "`hlcp copy`" + ` does, makes the copy durable
+(syncfs), and only then removes each source path whose copy in DST still
+matches it: same type, size and mtime (and content with --checksum). Source
+directories are removed when they are empty, deepest first; SRC itself stays
+unless --remove-root. A path that does not match, or whose copy failed, is
+kept in SRC and listed (exit 3).
+
+At no moment, kill -9 and power loss included, is a path missing from both
+SRC and DST. Rerun the same command after an interruption: it finishes the
+job from its last checkpoint.
+
+` + exitCodes,
+		Example: `  hlcp move /mnt/old/rsnapshot /mnt/new/rsnapshot
+  hlcp move --checksum --remove-root /mnt/old/rsnapshot /mnt/new/rsnapshot`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := cf.apply(&o); err != nil {
+				return &exitError{job.ExitUsage, err}
+			}
+			o.Src, o.Dst, o.Move = args[0], args[1], true
+			code, err := job.Copy(o)
+			if code != 0 || err != nil {
+				return &exitError{code, err}
+			}
+			return nil
+		},
+	}
+	cf.add(cmd)
 	f := cmd.Flags()
-	f.BoolVar(&verifyAfter, "verify", false, "after the copy, run `hlcp verify --checksum SRC DST` (content read again on both sides); exit 1 if they differ")
-	f.StringVar(&o.State, "state", "", "keep the job state in DIR instead of DST/.hlcp-state (on a fast disk, or when SRC has a .hlcp-state entry)")
-	f.BoolVar(&o.Restart, "restart", false, "discard the state of an unfinished job in DST and start over")
-	f.BoolVarP(&o.OneFileSystem, "one-file-system", "x", false, "do not descend into mount points below SRC (they are created empty)")
-	f.IntVar(&o.Retries, "retries", 3, "times to recopy a file that changes while it is copied before reporting it")
-	f.DurationVar(&o.CheckpointEvery, "checkpoint", 10*time.Second, "how often to make progress durable (syncfs + journal)")
+	f.BoolVarP(&o.Checksum, "checksum", "c", false, "before removing a source file, compare its content with its copy (reads both)")
+	f.BoolVar(&o.RemoveRoot, "remove-root", false, "remove SRC itself too when it is empty at the end")
+	jobFlags(cmd, &o)
+	return cmd
+}
+
+func statusCmd() *cobra.Command {
+	var state string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [flags] DST",
+		Short: "Show how far an unfinished copy or move into DST got (changes nothing)",
+		Long: `Status reads the state of an unfinished hlcp copy or move in DST (or in
+--state DIR) and shows its command, phase and progress at the last
+checkpoint. It only reads: it never changes the job or the trees.
+
+Exit codes:
+  0    an unfinished job was found and shown
+  1    no unfinished job (a finished job leaves no state behind)
+  2    bad arguments, or the state cannot be read`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			code, err := job.Status(args[0], state, asJSON, os.Stdout)
+			if code != 0 || err != nil {
+				return &exitError{code, err}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&state, "state", "", "the job's state directory, when it was started with --state DIR")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as one JSON object")
 	return cmd
 }
 
 func main() {
 	root := &cobra.Command{
 		Use:   "hlcp",
-		Short: "Copy and verify huge hard-link-heavy directory trees",
-		Long: `hlcp copies and verifies huge hard-link-heavy directory trees, such as
+		Short: "Copy, move and verify huge hard-link-heavy directory trees",
+		Long: `hlcp copies, moves and verifies huge hard-link-heavy directory trees, such as
 rsnapshot, rsync --link-dest, dirvish and Back In Time backup repositories,
 exactly (hard links, every file type, all metadata), in bounded memory, with
 live progress, and resumably.
@@ -185,7 +260,7 @@ Start with: hlcp demo
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(copyCmd(), verifyCmd(), demoCmd())
+	root.AddCommand(copyCmd(), moveCmd(), verifyCmd(), statusCmd(), demoCmd())
 	if p := os.Getenv("HLCP_CPUPROFILE"); p != "" {
 		// For profiling (see bench/): HLCP_CPUPROFILE=cpu.pprof hlcp copy ...
 		if f, err := os.Create(p); err == nil {

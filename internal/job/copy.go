@@ -26,6 +26,7 @@ import (
 	"hlcp/internal/journal"
 	"hlcp/internal/plan"
 	"hlcp/internal/progress"
+	"hlcp/internal/remove"
 	"hlcp/internal/scan"
 )
 
@@ -59,6 +60,14 @@ type Options struct {
 	Quiet           bool
 	CheckpointEvery time.Duration
 	Stdout, Stderr  io.Writer
+
+	// Move: remove each source path once its copy is durable and
+	// matches (hlcp move).
+	Move bool
+	// Checksum (move): compare content before removing a source file.
+	Checksum bool
+	// RemoveRoot (move): remove SRC itself when it is empty at the end.
+	RemoveRoot bool
 }
 
 // DefaultJobs is the default number of workers: I/O bound work wants more
@@ -117,6 +126,11 @@ type Summary struct {
 	ExtraBytes   int64         `json:"extra_bytes"`
 	OutsideLinks int64         `json:"inodes_with_links_outside_src"`
 	Changed      int64         `json:"changed_while_copying"`
+	Removed      int64         `json:"src_paths_removed,omitempty"`
+	Kept         int64         `json:"src_paths_kept,omitempty"`
+	DirsRemoved  int64         `json:"src_dirs_removed,omitempty"`
+	DirsKept     int64         `json:"src_dirs_kept,omitempty"`
+	RootRemoved  bool          `json:"src_root_removed,omitempty"`
 	Errors       int64         `json:"errors"`
 	Warnings     []string      `json:"warnings,omitempty"`
 	PeakRSS      int64         `json:"peak_rss_bytes"`
@@ -151,21 +165,32 @@ type runner struct {
 	sum     Summary
 	stopped atomic.Bool
 	cp      *copier.Copier
+	rm      *remove.Remover
 	dirs    *plan.DirTable
 	// prevErrors: per-path errors of earlier attempts of this job (their
 	// lines are in the error log, which every attempt appends to).
 	prevErrors int64
 }
 
-// Copy runs `hlcp copy`. It returns the exit code and an error to print
+func (o *Options) command() string {
+	if o.Move {
+		return "move"
+	}
+	return "copy"
+}
+
+// Copy runs `hlcp copy`, or `hlcp move` with Options.Move. It returns the exit code and an error to print
 // (nil when the summary says it all).
 func Copy(o Options) (int, error) {
 	o.defaults()
 	r := &runner{o: o, start: time.Now(), srcFd: -1, dstFd: -1}
-	r.sum.Command, r.sum.Src, r.sum.Dst = "copy", o.Src, o.Dst
+	r.sum.Command, r.sum.Src, r.sum.Dst = o.command(), o.Src, o.Dst
 	code, err := r.run()
 	if r.cp != nil {
 		r.cp.Close()
+	}
+	if r.rm != nil {
+		r.rm.Close()
 	}
 	if r.dirs != nil {
 		r.dirs.Close()
@@ -324,6 +349,7 @@ func (r *runner) run() (int, error) {
 		}
 	}()
 
+	killHook(r.rep)
 	if err := r.phases(); err != nil {
 		return r.stop(err)
 	}
@@ -343,7 +369,7 @@ func (r *runner) identity() (journal.Identity, error) {
 	src, _ := filepath.Abs(r.o.Src)
 	dst, _ := filepath.Abs(r.o.Dst)
 	opts := fmt.Sprintf("one-file-system=%v", r.o.OneFileSystem)
-	return journal.Identity{Command: "copy", Src: src, Dst: dst, SrcDev: ss.Dev, SrcIno: ss.Ino, DstDev: ds.Dev, DstIno: ds.Ino, Options: opts}, nil
+	return journal.Identity{Command: r.o.command(), Src: src, Dst: dst, SrcDev: ss.Dev, SrcIno: ss.Ino, DstDev: ds.Dev, DstIno: ds.Ino, Options: opts}, nil
 }
 
 // stop ends a run that could not finish: the state is kept for a rerun.
@@ -448,17 +474,12 @@ func (r *runner) phases() error {
 		}
 	}
 	if j.Phase == journal.PhaseFinish {
-		ctr := r.rep.Phase("finish", "dirs", "")
-		ctr.Total.Store(int64(dirs.Len()))
-		if err := r.cp.Finish(dirs.Len(), false, func() { ctr.Done.Add(1) }); err != nil {
+		if err := r.finishPhase(); err != nil {
 			return err
 		}
-		r.rep.End()
-		if err := r.syncDst(); err != nil {
-			return err
-		}
-		j.Phase = journal.PhaseDone
-		if err := r.save(); err != nil {
+	}
+	if j.Phase == journal.PhaseRemove {
+		if err := r.removePhase(); err != nil {
 			return err
 		}
 	}
@@ -638,6 +659,101 @@ func (r *runner) copyPhase() error {
 	}
 	r.rep.End()
 	j.Phase = journal.PhaseFinish
+	j.FinishBelow = r.dirs.Len()
+	return r.save()
+}
+
+// finishPhase sets directory metadata deepest first. A checkpoint (syncfs,
+// then the journal) records the id below which directories remain, so a
+// rerun does not reopen directories already given their final mode (a
+// non-root user could not reopen one that is mode 000).
+func (r *runner) finishPhase() error {
+	j := r.j
+	ctr := r.rep.Phase("finish", "dirs", "")
+	total := int64(r.dirs.Len())
+	ctr.Total.Store(total)
+	ctr.Done.Store(total - int64(j.FinishBelow))
+	below := j.FinishBelow
+	last := time.Now()
+	var cur atomic.Uint32
+	cur.Store(below)
+	err := r.cp.Finish(below, false, func() {
+		ctr.Done.Add(1)
+		id := cur.Add(^uint32(0)) // the directory just finished
+		if time.Since(last) < r.o.CheckpointEvery {
+			return
+		}
+		last = time.Now()
+		if err := r.syncDst(); err != nil {
+			r.cp.Stop(err)
+			return
+		}
+		j.FinishBelow = id
+		if err := r.save(); err != nil {
+			r.cp.Stop(err)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	r.rep.End()
+	if err := r.syncDst(); err != nil {
+		return err
+	}
+	j.FinishBelow = 0
+	j.Phase = journal.PhaseDone
+	if r.o.Move {
+		j.Phase = journal.PhaseRemove
+	}
+	return r.save()
+}
+
+// removePhase is move's last stage: source files, then source directories.
+func (r *runner) removePhase() error {
+	j := r.j
+	r.rm = remove.New(r.srcFd, r.dstFd, r.dirs, remove.Options{Checksum: r.o.Checksum, OnError: r.errs.add})
+	stop := func() error {
+		if r.stopped.Load() {
+			return errInterrupted
+		}
+		return nil
+	}
+	if !j.FilesGone {
+		ctr := r.rep.Phase("remove", "inodes", "paths")
+		ctr.Total.Store(r.sum.Plan.Groups)
+		if j.RemoveMark > 0 {
+			if fi, err := os.Stat(j.Path("plan")); err == nil && fi.Size() > 0 {
+				ctr.Done.Store(int64(float64(r.sum.Plan.Groups) * float64(j.RemoveMark) / float64(fi.Size())))
+			}
+		}
+		ckpt := func(off int64) error {
+			j.RemoveMark = off
+			return r.save()
+		}
+		if err := r.rm.Files(j.Path("plan"), j.RemoveMark, ctr, ckpt, r.o.CheckpointEvery, stop); err != nil {
+			return err
+		}
+		r.rep.End()
+		j.FilesGone = true
+		j.RemoveDirs = r.dirs.Len()
+		if err := r.save(); err != nil {
+			return err
+		}
+	}
+	ctr := r.rep.Phase("rmdir", "dirs", "")
+	total := int64(r.dirs.Len())
+	ctr.Total.Store(total)
+	ctr.Done.Store(total - int64(j.RemoveDirs))
+	ckpt := func(below uint32) error {
+		j.RemoveDirs = below
+		return r.save()
+	}
+	if err := r.rm.Dirs(j.RemoveDirs, func() { ctr.Done.Add(1) }, ckpt, r.o.CheckpointEvery, stop); err != nil {
+		return err
+	}
+	r.rep.End()
+	j.RemoveDirs = 0
+	j.Phase = journal.PhaseDone
 	return r.save()
 }
 
@@ -664,6 +780,13 @@ func (r *runner) finishJob() (int, error) {
 	}
 	if err := r.syncDst(); err != nil {
 		return r.stop(err)
+	}
+	if r.o.Move && r.o.RemoveRoot {
+		if err := unix.Rmdir(r.o.Src); err != nil {
+			r.errs.add(".", fmt.Errorf("kept SRC's root: %w", err))
+		} else {
+			r.sum.RootRemoved = true
+		}
 	}
 	r.fillSummary() // the root's own errors count too
 	code := ExitOK
@@ -699,6 +822,13 @@ func (r *runner) fillSummary() {
 		s.ExtraBytes = st.ExtraBytes.Load()
 		s.OutsideLinks = st.OutsideLinks.Load()
 		s.Changed = st.Changed.Load()
+	}
+	if rm := r.rm; rm != nil {
+		st := &rm.Stats
+		s.Removed = st.Removed.Load()
+		s.Kept = st.Kept.Load()
+		s.DirsRemoved = st.DirsRemoved.Load()
+		s.DirsKept = st.DirsKept.Load()
 	}
 	if r.errs != nil {
 		s.Errors = r.prevErrors + r.errs.count()
@@ -751,6 +881,16 @@ func (r *runner) printSummary(code int) {
 	}
 	for _, wmsg := range s.Warnings {
 		fmt.Fprintf(w, "  warning       %s\n", wmsg)
+	}
+	if s.Command == "move" {
+		fmt.Fprintf(w, "  removed       %s source paths, %s source directories", c(s.Removed), c(s.DirsRemoved))
+		if s.RootRemoved {
+			fmt.Fprintf(w, " and SRC itself")
+		}
+		fmt.Fprintf(w, "\n")
+		if s.Kept > 0 || s.DirsKept > 0 {
+			fmt.Fprintf(w, "  kept in SRC   %s paths, %s directories (listed above; rerun the move after fixing them)\n", c(s.Kept), c(s.DirsKept))
+		}
 	}
 	fmt.Fprintf(w, "  errors        %s\n", c(s.Errors))
 	fmt.Fprintf(w, "  peak memory   %s (budget %s)\n", progress.Bytes(s.PeakRSS), progress.Bytes(r.o.Memory))

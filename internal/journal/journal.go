@@ -62,14 +62,15 @@ type State struct {
 	Dirs uint32          `json:"dirs"`
 
 	// Progress marks.
-	DirsMade    uint32 `json:"dirs_made"`    // ids below are created
-	Watermark   int64  `json:"watermark"`    // plan offset below which all groups are done
-	GroupsDone  int64  `json:"groups_done"`  // informative, at the watermark
-	PathsDone   int64  `json:"paths_done"`   // informative
-	BytesDone   int64  `json:"bytes_done"`   // informative
-	FinishBelow uint32 `json:"finish_below"` // finish: ids >= this are done
-	RemoveMark  int64  `json:"remove_mark"`  // move: plan offset below which sources are removed
-	RemoveDirs  uint32 `json:"remove_dirs"`  // move: directory ids >= this are removed
+	DirsMade    uint32 `json:"dirs_made"`     // ids below are created
+	Watermark   int64  `json:"watermark"`     // plan offset below which all groups are done
+	GroupsDone  int64  `json:"groups_done"`   // informative, at the watermark
+	PathsDone   int64  `json:"paths_done"`    // informative
+	BytesDone   int64  `json:"bytes_done"`    // informative
+	FinishBelow uint32 `json:"finish_below"`  // finish: ids >= this are done
+	RemoveMark  int64  `json:"remove_mark"`   // move: plan offset below which sources are removed
+	RemoveDirs  uint32 `json:"remove_dirs"`   // move: directory ids >= this are handled
+	FilesGone   bool   `json:"files_removed"` // move: every source file is handled; directories next
 	Errors      int64  `json:"errors"`
 }
 

@@ -592,3 +592,14 @@ func (r *Reporter) jsonObject(now time.Time, final bool) jsonLine {
 	}
 	return o
 }
+
+// Current returns the open phase's name and counters ("" and nil when no
+// phase is open).
+func (r *Reporter) Current() (string, *Counters) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cur == nil {
+		return "", nil
+	}
+	return r.cur.name, r.cur.c
+}

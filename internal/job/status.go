@@ -1,0 +1,148 @@
+package job
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"hlcp/internal/fsx"
+	"hlcp/internal/journal"
+	"hlcp/internal/plan"
+	"hlcp/internal/progress"
+	"hlcp/internal/scan"
+)
+
+// Exit codes of `hlcp status`.
+const (
+	StatusJob   = 0 // an unfinished job was found and shown
+	StatusNoJob = 1 // no unfinished job there
+)
+
+// JobStatus is what `hlcp status` shows (and prints as JSON).
+type JobStatus struct {
+	State      string           `json:"state_dir"`
+	Identity   journal.Identity `json:"identity"`
+	Phase      string           `json:"phase"`
+	Started    time.Time        `json:"started"`
+	Updated    time.Time        `json:"updated"`
+	Attempts   int              `json:"attempts"`
+	Scan       *scan.Stats      `json:"scan,omitempty"`
+	Plan       *plan.Stats      `json:"plan,omitempty"`
+	Fraction   float64          `json:"fraction_of_phase"` // of the copy or remove phase, at the last checkpoint
+	GroupsDone int64            `json:"groups_done"`
+	PathsDone  int64            `json:"paths_done"`
+	BytesDone  int64            `json:"bytes_done"`
+	Errors     int64            `json:"errors"`
+	ErrorLog   string           `json:"error_log,omitempty"`
+}
+
+// Status reads the state of the job in dst (or in stateDir when not "")
+// and prints it. It changes nothing: the state is only read.
+func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
+	if stateDir == "" {
+		if fi, err := os.Lstat(dst); err != nil {
+			return ExitUsage, usagef("DST: %v", err)
+		} else if !fi.IsDir() {
+			return ExitUsage, usagef("DST %s is not a directory", fsx.Quote(dst))
+		}
+		stateDir = filepath.Join(dst, StateName)
+	}
+	j, err := journal.Open(stateDir)
+	if errors.Is(err, journal.ErrNoJob) {
+		if asJSON {
+			fmt.Fprintln(w, `{"job":null}`)
+		} else {
+			fmt.Fprintf(w, "no unfinished hlcp job in %s (a finished job leaves no state)\n", fsx.Quote(stateDir))
+		}
+		return StatusNoJob, nil
+	}
+	if err != nil {
+		return ExitUsage, err
+	}
+	s := JobStatus{State: j.Dir, Identity: j.ID, Phase: j.Phase, Started: j.Started, Updated: j.Updated, Attempts: j.Attempts,
+		GroupsDone: j.GroupsDone, PathsDone: j.PathsDone, BytesDone: j.BytesDone, Errors: j.Errors}
+	if len(j.Scan) > 0 {
+		s.Scan = new(scan.Stats)
+		json.Unmarshal(j.Scan, s.Scan)
+	}
+	if len(j.Plan) > 0 {
+		s.Plan = new(plan.Stats)
+		json.Unmarshal(j.Plan, s.Plan)
+	}
+	mark := int64(-1)
+	switch j.Phase {
+	case journal.PhaseCopy:
+		mark = j.Watermark
+	case journal.PhaseRemove:
+		mark = j.RemoveMark
+		if j.FilesGone {
+			mark = -2
+		}
+	case journal.PhaseFinish:
+		if j.Dirs > 0 {
+			s.Fraction = 1 - float64(j.FinishBelow)/float64(j.Dirs)
+		}
+	case journal.PhaseDone:
+		s.Fraction = 1
+	}
+	if mark >= 0 {
+		if fi, err := os.Stat(j.Path("plan")); err == nil && fi.Size() > 0 {
+			s.Fraction = float64(mark) / float64(fi.Size())
+		}
+	} else if mark == -2 {
+		s.Fraction = 1
+	}
+	if fi, err := os.Stat(j.Path("errors.log")); err == nil && fi.Size() > 0 {
+		s.ErrorLog = j.Path("errors.log")
+	}
+	if asJSON {
+		b, _ := json.Marshal(&s)
+		fmt.Fprintf(w, "%s\n", b)
+		return StatusJob, nil
+	}
+	c := progress.Count
+	fmt.Fprintf(w, "unfinished job: hlcp %s %s %s", j.ID.Command, fsx.Quote(j.ID.Src), fsx.Quote(j.ID.Dst))
+	if j.ID.Options != "" {
+		fmt.Fprintf(w, " (%s)", j.ID.Options)
+	}
+	fmt.Fprintf(w, "\n  state         %s\n", fsx.Quote(j.Dir))
+	fmt.Fprintf(w, "  started       %s, %d run(s), last checkpoint %s (%s ago)\n",
+		j.Started.Local().Format(time.DateTime), j.Attempts, j.Updated.Local().Format(time.DateTime), progress.Duration(time.Since(j.Updated)))
+	phase := j.Phase
+	switch j.Phase {
+	case journal.PhaseScan:
+		phase += " (an interrupted scan starts again)"
+	case journal.PhaseRemove:
+		if j.FilesGone {
+			phase += " (source files done; removing empty source directories)"
+		} else {
+			phase += " (removing source files whose copies are durable and match)"
+		}
+	}
+	fmt.Fprintf(w, "  phase         %s\n", phase)
+	if s.Scan != nil {
+		fmt.Fprintf(w, "  source        %s paths: %s directories, %s other paths\n", c(s.Scan.Dirs+s.Scan.Entries), c(s.Scan.Dirs), c(s.Scan.Entries))
+	}
+	if s.Plan != nil {
+		fmt.Fprintf(w, "  inodes        %s (%s with several paths)\n", c(s.Plan.Groups), c(s.Plan.LinkGroups))
+	}
+	switch j.Phase {
+	case journal.PhaseCopy, journal.PhaseFinish, journal.PhaseRemove:
+		fmt.Fprintf(w, "  progress      %.1f%% of phase %s at the last checkpoint", 100*s.Fraction, j.Phase)
+		if j.Phase == journal.PhaseCopy {
+			fmt.Fprintf(w, ": %s inodes, %s paths, %s", c(s.GroupsDone), c(s.PathsDone), progress.Bytes(s.BytesDone))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "  errors        %s", c(s.Errors))
+	if s.ErrorLog != "" {
+		fmt.Fprintf(w, " (in %s)", fsx.Quote(s.ErrorLog))
+	}
+	fmt.Fprintf(w, "\nrerun `hlcp %s %s %s` to finish it, or pass --restart to that command to start over\n",
+		j.ID.Command, fsx.Quote(j.ID.Src), fsx.Quote(j.ID.Dst))
+	return StatusJob, nil
+}
