@@ -85,11 +85,27 @@ func checkUnion(t *testing.T, before *testutil.Tree, src, dst string, when strin
 // of every phase (seeded; the seed is logged), reruns the same command each
 // time, and checks with the oracle that the final DST equals the original
 // SRC, and, for move, that after every kill each original path is in SRC
-// or in DST, and that SRC ends empty.
+// or in DST, and that SRC ends empty. The move's removal phases get a job
+// of their own (killed first right after the copy is durable), so that a
+// kill that comes too late in an earlier phase cannot leave them untried.
 func TestKillAnywhere(t *testing.T) {
-	for _, mode := range []string{"copy", "move"} {
-		t.Run(mode, func(t *testing.T) {
-			seed := int64(len(mode)) * 7919
+	type plan struct {
+		phase string
+		k     int
+	}
+	copyPhases := []plan{{"scan", 3}, {"sort", 2}, {"mkdir", 2}, {"copy", 5}, {"finish", 3}}
+	cases := []struct {
+		name, mode string
+		first      string // HLCP_TEST_CRASH_AT of a first run, or ""
+		phases     []plan
+	}{
+		{"copy", "copy", "", copyPhases},
+		{"move-copying", "move", "", copyPhases},
+		{"move-removing", "move", "remove", []plan{{"remove", 6}, {"rmdir", 3}}},
+	}
+	for ci, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			seed := int64(ci+1) * 7919
 			rng := rand.New(rand.NewSource(seed))
 			base := t.TempDir()
 			src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
@@ -111,36 +127,32 @@ func TestKillAnywhere(t *testing.T) {
 					dirs++
 				}
 			}
+			nondir := len(before.Entries) - dirs
 			t.Logf("seed %d: %d paths, %d inodes, %d directories", seed, paths, inodes, dirs)
+			totals := map[string]int{"scan": len(before.Entries), "sort": 1, "mkdir": dirs,
+				"copy": inodes + nondir, "finish": dirs, "remove": inodes + nondir, "rmdir": dirs}
 
 			// A kill point's n counts the progress of that run (which
 			// resumes where the last checkpoint left the phase): k kills
-			// of at most total/k each leave the phase unfinished.
-			pick := func(phase string, k int, total int) []killPoint {
-				var kps []killPoint
-				for i := 0; i < k; i++ {
-					kps = append(kps, killPoint{phase, int64(rng.Intn(max(total/k, 1)))})
-				}
-				return kps
-			}
-			nondir := len(before.Entries) - dirs
+			// of at most total/2k each leave the phase unfinished, with
+			// room for the lag of the hook's polling. (The sort reports
+			// progress every 64k records: its kill is at any moment.)
 			var kps []killPoint
-			kps = append(kps, pick("scan", 3, len(before.Entries))...)
-			kps = append(kps, pick("sort", 2, 1)...) // progress comes every 64k records: any moment of it
-			kps = append(kps, pick("mkdir", 2, dirs)...)
-			kps = append(kps, pick("copy", 5, inodes+nondir)...)
-			kps = append(kps, pick("finish", 3, dirs)...)
-			if mode == "move" {
-				kps = append(kps, pick("remove", 6, inodes+nondir)...)
-				kps = append(kps, pick("rmdir", 3, dirs)...)
+			for _, p := range c.phases {
+				for i := 0; i < p.k; i++ {
+					kps = append(kps, killPoint{p.phase, int64(rng.Intn(max(totals[p.phase]/(2*p.k), 1)))})
+				}
 			}
-			args := []string{mode, "-j", "3", "--checkpoint=2ms", "--progress=none", src, dst}
+			args := []string{c.mode, "-j", "3", "--checkpoint=2ms", "--progress=none", src, dst}
+			if c.first != "" {
+				crashAt(t, c.first, args...)
+			}
 			fired := map[string]int{}
 			finished := false
 			for i, kp := range kps {
 				killed, code, out := runKilled(t, kp, args...)
 				when := fmt.Sprintf("kill %d at %s:%d", i, kp.phase, kp.n)
-				if mode == "move" {
+				if c.mode == "move" {
 					checkUnion(t, before, src, dst, when)
 				}
 				if killed {
@@ -162,13 +174,18 @@ func TestKillAnywhere(t *testing.T) {
 			if total < len(kps)*2/3 {
 				t.Errorf("only %d of %d kills fired: %v", total, len(kps), fired)
 			}
+			for _, p := range c.phases {
+				if fired[p.phase] == 0 {
+					t.Errorf("no kill fired in phase %s", p.phase)
+				}
+			}
 			if !finished {
 				r := run(t, nil, args...)
 				if r.code != 0 {
 					t.Fatalf("final rerun: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 				}
 			}
-			if mode == "move" {
+			if c.mode == "move" {
 				checkUnion(t, before, src, dst, "the end")
 				ents, err := os.ReadDir(src)
 				must(t, err)

@@ -12,9 +12,11 @@ package copier
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -38,6 +40,9 @@ type Options struct {
 	OnWarn func(key, msg string)
 	// DirCacheSize bounds the open directory fds of each side.
 	DirCacheSize int
+	// SrcDevMap maps device numbers of the scan to the ones the source
+	// has now (a resumed job after a reboot that renumbered the device).
+	SrcDevMap map[uint64]uint64
 }
 
 // Stats of a copy; all fields are updated atomically.
@@ -270,7 +275,7 @@ func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
 	defer unix.Close(dfd)
 	if c.opt.Owner {
 		if err := unix.Fchown(dfd, int(d.Uid), int(d.Gid)); err != nil {
-			c.fail(d.ID, nil, fmt.Errorf("chown: %w", err))
+			c.metaFail(d.ID, nil, "chown", err)
 		}
 	} else {
 		c.ownerWarn(d.Uid, d.Gid)
@@ -286,7 +291,7 @@ func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
 		}
 	}
 	if err := unix.Fchmod(dfd, d.Mode&07777); err != nil {
-		c.fail(d.ID, nil, fmt.Errorf("chmod: %w", err))
+		c.metaFail(d.ID, nil, "chmod", err)
 	}
 	ts := []unix.Timespec{d.Atime, d.Mtime}
 	if err := futimens(dfd, ts); err != nil {
@@ -307,6 +312,21 @@ func (c *Copier) xattrErr(e *fsx.XattrError) {
 	c.opt.OnWarn("xattr "+e.Kind(), fmt.Sprintf("the destination did not take some extended attributes (%s); they were not copied", e.Kind()))
 }
 
+// metaFail reports a failed chown or chmod. A destination that cannot
+// hold owners or modes at all (vfat, exfat, some network filesystems:
+// EPERM, EOPNOTSUPP or EINVAL for every file) gets one warning per kind,
+// not an error per file.
+func (c *Copier) metaFail(dir uint32, name []byte, op string, err error) {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+		if c.opt.Owner || op != "chown" {
+			what := map[string]string{"chown": "file owners (uid/gid)", "chmod": "these permission bits"}[op]
+			c.opt.OnWarn("meta "+op, fmt.Sprintf("the destination cannot store %s (%s: %v); they were not copied", what, op, err))
+			return
+		}
+	}
+	c.fail(dir, name, fmt.Errorf("%s: %w", op, err))
+}
+
 var myUID, myGID = uint32(os.Geteuid()), uint32(os.Getegid())
 
 func (c *Copier) ownerWarn(uid, gid uint32) {
@@ -318,3 +338,47 @@ func (c *Copier) ownerWarn(uid, gid uint32) {
 // Stop makes a running CopyPlan stop at the next task boundary, checkpoint
 // and return err.
 func (c *Copier) Stop(err error) { c.setFatal(err) }
+
+// Remaining estimates the space the groups of the plan from offset from
+// still need in the destination: the allocated size of each group's first
+// source path (one fstatat per remaining inode). It gives up after limit
+// and then reports complete=false (the figure is a lower bound).
+func (c *Copier) Remaining(path string, from int64, limit time.Duration) (bytes, inodes int64, complete bool, err error) {
+	r, err := plan.OpenReader(path, from)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	defer r.Close()
+	deadline := time.Now().Add(limit)
+	var prev []byte
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			return bytes, inodes, true, nil
+		}
+		if err != nil {
+			return bytes, inodes, false, err
+		}
+		if prev != nil && plan.SameInode(prev, rec) {
+			continue
+		}
+		prev = append(prev[:0], rec...)
+		inodes++
+		if inodes%1024 == 0 && time.Now().After(deadline) {
+			return bytes, inodes, false, nil
+		}
+		e, err := plan.DecodeEntry(rec)
+		if err != nil || e.Type != fsx.TypeReg {
+			continue
+		}
+		pfd, err := c.srcDirs.Acquire(e.Dir)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstatat(pfd, string(e.Name), &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+			bytes += st.Blocks * 512
+		}
+		c.srcDirs.Release(e.Dir)
+	}
+}

@@ -519,7 +519,10 @@ var errChanged = errors.New("changed while being copied (the copy may not match 
 
 // checkInode verifies that what a source path names now is the inode the
 // scan saw there.
-func checkInode(st *unix.Stat_t, e plan.Entry) error {
+func checkInode(st *unix.Stat_t, e plan.Entry, devMap map[uint64]uint64) error {
+	if d, ok := devMap[e.Dev]; ok {
+		e.Dev = d
+	}
 	if st.Ino != e.Ino || st.Dev != e.Dev {
 		return fmt.Errorf("replaced since the scan (inode %d:%d, now %d:%d)", e.Dev, e.Ino, st.Dev, st.Ino)
 	}
@@ -578,7 +581,7 @@ func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.
 	if err := unix.Fstat(sfd, st); err != nil {
 		return fmt.Errorf("stat: %w", err)
 	}
-	if err := checkInode(st, src); err != nil {
+	if err := checkInode(st, src, w.c.opt.SrcDevMap); err != nil {
 		return err
 	}
 	var changed bool
@@ -638,7 +641,7 @@ func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry) {
 	c := w.c
 	if c.opt.Owner {
 		if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
-			c.fail(src.Dir, src.Name, fmt.Errorf("chown: %w", err))
+			c.metaFail(src.Dir, src.Name, "chown", err)
 		}
 	} else {
 		c.ownerWarn(st.Uid, st.Gid)
@@ -647,7 +650,7 @@ func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry) {
 		c.fail(src.Dir, src.Name, err)
 	}
 	if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
-		c.fail(src.Dir, src.Name, fmt.Errorf("chmod: %w", err))
+		c.metaFail(src.Dir, src.Name, "chmod", err)
 	}
 	if err := futimens(dfd, []unix.Timespec{st.Atim, st.Mtim}); err != nil {
 		c.fail(src.Dir, src.Name, fmt.Errorf("set times: %w", err))
@@ -661,7 +664,7 @@ func (w *worker) setMetaAt(spfd, dpfd int, name string, st *unix.Stat_t, src pla
 	c := w.c
 	if c.opt.Owner {
 		if err := unix.Fchownat(dpfd, name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			c.fail(src.Dir, src.Name, fmt.Errorf("chown: %w", err))
+			c.metaFail(src.Dir, src.Name, "chown", err)
 		}
 	} else {
 		c.ownerWarn(st.Uid, st.Gid)
@@ -675,7 +678,7 @@ func (w *worker) setMetaAt(spfd, dpfd int, name string, st *unix.Stat_t, src pla
 			err = chmodNoFollow(dpfd, name, st.Mode&07777)
 		}
 		if err != nil {
-			c.fail(src.Dir, src.Name, fmt.Errorf("chmod: %w", err))
+			c.metaFail(src.Dir, src.Name, "chmod", err)
 		}
 	}
 	if err := unix.UtimesNanoAt(dpfd, name, []unix.Timespec{st.Atim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -708,7 +711,7 @@ func (w *worker) copySymlink(spfd, dpfd int, src plan.Entry, name string, st *un
 	if err := unix.Fstatat(spfd, sname, st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("lstat: %w", vanished(err))
 	}
-	if err := checkInode(st, src); err != nil {
+	if err := checkInode(st, src, w.c.opt.SrcDevMap); err != nil {
 		return err
 	}
 	size := int(st.Size) + 1
@@ -748,7 +751,7 @@ func (w *worker) copySpecial(spfd, dpfd int, src plan.Entry, name string, st *un
 	if err := unix.Fstatat(spfd, string(src.Name), st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("lstat: %w", vanished(err))
 	}
-	if err := checkInode(st, src); err != nil {
+	if err := checkInode(st, src, w.c.opt.SrcDevMap); err != nil {
 		return err
 	}
 	mode := st.Mode & (unix.S_IFMT | 0o777)

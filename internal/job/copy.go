@@ -155,18 +155,19 @@ func PeakRSS() int64 {
 }
 
 type runner struct {
-	o       Options
-	rep     *progress.Reporter
-	j       *journal.Journal
-	errs    *errLog
-	srcFd   int
-	dstFd   int
-	start   time.Time
-	sum     Summary
-	stopped atomic.Bool
-	cp      *copier.Copier
-	rm      *remove.Remover
-	dirs    *plan.DirTable
+	o         Options
+	rep       *progress.Reporter
+	j         *journal.Journal
+	errs      *errLog
+	srcFd     int
+	dstFd     int
+	start     time.Time
+	sum       Summary
+	stopped   atomic.Bool
+	cp        *copier.Copier
+	rm        *remove.Remover
+	dirs      *plan.DirTable
+	srcDevMap map[uint64]uint64
 	// prevErrors: per-path errors of earlier attempts of this job (their
 	// lines are in the error log, which every attempt appends to).
 	prevErrors int64
@@ -297,7 +298,16 @@ func (r *runner) run() (int, error) {
 		return ExitUsage, err
 	}
 	if old != nil {
-		if old.ID != id {
+		// Device numbers are not part of a job's identity: a reboot can
+		// renumber a loop device or a btrfs subvolume. The same paths and
+		// root inodes are; the scan's source device is mapped to the
+		// current one.
+		oid, nid := old.ID, id
+		oid.SrcDev, oid.DstDev, nid.SrcDev, nid.DstDev = 0, 0, 0, 0
+		if oid == nid && old.ID.SrcDev != id.SrcDev {
+			r.srcDevMap = map[uint64]uint64{old.ID.SrcDev: id.SrcDev}
+		}
+		if oid != nid {
 			return ExitUsage, usagef("DST holds an unfinished job started as `hlcp %s %s %s` (options %q); rerun that command to finish it, or pass --restart to discard its state",
 				old.ID.Command, fsx.Quote(old.ID.Src), fsx.Quote(old.ID.Dst), old.ID.Options)
 		}
@@ -317,6 +327,8 @@ func (r *runner) run() (int, error) {
 			return ExitUsage, err
 		}
 	}
+
+	r.j.Reserve()
 
 	mode := o.Progress
 	if o.Quiet {
@@ -382,17 +394,47 @@ func (r *runner) stop(err error) (int, error) {
 		msg = "interrupted"
 	}
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-		msg += "\nthe destination is full: free space (or move the job to a larger destination) and rerun the same command to resume"
+		msg += "\nthe destination is full" + r.spaceNeeded() + ": free space (or move the job to a larger destination, see the README) and rerun the same command to resume"
 	}
 	r.rep.Close()
 	r.printSummary(code)
 	return code, fmt.Errorf("%s\nthe job state is kept in %s; rerun the same command to resume", msg, r.j.Dir)
 }
 
+// spaceNeeded says how much the rest of the copy needs, from the last
+// checkpoint on, and how much the destination has free.
+func (r *runner) spaceNeeded() string {
+	j := r.j
+	if r.cp == nil || (j.Phase != journal.PhaseCopy && j.Phase != journal.PhaseMkdir) {
+		return ""
+	}
+	need, inodes, complete, err := r.cp.Remaining(j.Path("plan"), j.Watermark, time.Minute)
+	if err != nil {
+		return ""
+	}
+	about := "about"
+	if !complete {
+		about = "at least"
+	}
+	s := fmt.Sprintf(": %s %s of data in %s inodes is still to be copied", about, progress.Bytes(need), progress.Count(inodes))
+	var fs unix.Statfs_t
+	if unix.Fstatfs(r.dstFd, &fs) == nil {
+		s += fmt.Sprintf(", and %s is free", progress.Bytes(int64(fs.Bavail)*int64(fs.Bsize)))
+	}
+	return s
+}
+
 // save records the job's progress. The error log is made durable first,
 // with the error count: progress past a failed path is never recorded
 // without the failure.
 func (r *runner) save() error {
+	if cp := r.cp; cp != nil {
+		if f := cp.Fatal(); f != nil && (errors.Is(f, unix.ENOSPC) || errors.Is(f, unix.EDQUOT)) {
+			// The destination is full: give the state's space reserve
+			// to this last checkpoint and the error log.
+			r.j.Release()
+		}
+	}
 	if r.errs != nil {
 		if err := r.errs.sync(); err != nil {
 			return err
@@ -445,7 +487,7 @@ func (r *runner) phases() error {
 		return fmt.Errorf("load directory table: %w", err)
 	}
 	r.cp, err = copier.New(r.srcFd, r.dstFd, dirs, copier.Options{
-		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries,
+		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries, SrcDevMap: r.srcDevMap,
 		OnError: r.errs.add, OnWarn: r.errs.warn,
 	})
 	if err != nil {
@@ -711,7 +753,7 @@ func (r *runner) finishPhase() error {
 // removePhase is move's last stage: source files, then source directories.
 func (r *runner) removePhase() error {
 	j := r.j
-	r.rm = remove.New(r.srcFd, r.dstFd, r.dirs, remove.Options{Checksum: r.o.Checksum, OnError: r.errs.add})
+	r.rm = remove.New(r.srcFd, r.dstFd, r.dirs, remove.Options{Checksum: r.o.Checksum, OnError: r.errs.add, SrcDevMap: r.srcDevMap})
 	stop := func() error {
 		if r.stopped.Load() {
 			return errInterrupted

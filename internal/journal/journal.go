@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -141,9 +142,57 @@ func Open(dir string) (*Journal, error) {
 // Path joins a name to the state directory.
 func (j *Journal) Path(name string) string { return filepath.Join(j.Dir, name) }
 
+// reserveName is a file of reserveSize bytes kept allocated in the state
+// directory: when the destination fills up (and the state is on it), it
+// is removed to make room for the last checkpoint, the error log and a
+// clean stop.
+const (
+	reserveName = "reserve"
+	reserveSize = 1 << 20
+)
+
+// Reserve makes sure the space reserve exists (best effort: on a full
+// filesystem it cannot be made, and the job goes on without it).
+func (j *Journal) Reserve() {
+	p := j.Path(reserveName)
+	if fi, err := os.Stat(p); err == nil && fi.Size() == reserveSize {
+		return
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if err := syscall.Fallocate(int(f.Fd()), 0, 0, reserveSize); err != nil {
+		// No fallocate (tmpfs has it; some FUSE filesystems do not):
+		// write it.
+		f.Truncate(0)
+		if _, err := f.Write(make([]byte, reserveSize)); err != nil {
+			f.Close()
+			os.Remove(p)
+			return
+		}
+	}
+	f.Sync()
+}
+
+// Release frees the space reserve, for a stop on a full filesystem.
+func (j *Journal) Release() { os.Remove(j.Path(reserveName)) }
+
 // Save writes the state durably: temp file, fsync, rename, fsync of the
-// directory.
+// directory. On a full filesystem the space reserve is given up for it.
 func (j *Journal) Save() error {
+	err := j.save()
+	if err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) {
+		if _, serr := os.Stat(j.Path(reserveName)); serr == nil {
+			j.Release()
+			err = j.save()
+		}
+	}
+	return err
+}
+
+func (j *Journal) save() error {
 	j.Updated = time.Now().UTC()
 	b, err := json.MarshalIndent(&j.State, "", "  ")
 	if err != nil {

@@ -34,6 +34,9 @@ type Options struct {
 	OnError func(rel string, err error)
 	// DirCacheSize bounds the open directory fds of each side.
 	DirCacheSize int
+	// SrcDevMap maps device numbers of the scan to the source's current
+	// ones (see copier.Options).
+	SrcDevMap map[uint64]uint64
 }
 
 // Stats of a removal.
@@ -212,6 +215,9 @@ func (r *Remover) one(e plan.Entry, g *group) bool {
 		}
 		r.keep(e.Dir, e.Name, fmt.Errorf("lstat: %w", err))
 		return false
+	}
+	if d, ok := r.opt.SrcDevMap[e.Dev]; ok {
+		e.Dev = d
 	}
 	if ss.Dev != e.Dev || ss.Ino != e.Ino {
 		r.keep(e.Dir, e.Name, fmt.Errorf("replaced since the scan (its copy is of the old file)"))
