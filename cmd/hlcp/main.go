@@ -20,10 +20,11 @@ import (
 )
 
 const exitCodes = `Exit codes:
-  0    success: everything copied (verify: the trees are identical)
+  0    success: everything copied (move: and removed from SRC; verify: the trees are identical)
   1    verify: the trees differ
   2    bad arguments or refused to start (nothing was changed)
-  3    finished, but some paths failed or changed while being copied (listed at the end)
+  3    finished, but some paths failed or changed while being copied, or (move)
+       were kept in SRC; they are listed at the end
   4    stopped before the end (destination full, I/O error); the state is kept: rerun to resume
   130  interrupted (Ctrl-C, SIGTERM); the state is kept: rerun to resume`
 
