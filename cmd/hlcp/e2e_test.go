@@ -284,6 +284,8 @@ func fsName(t testing.TB, dir string) string {
 		return "btrfs"
 	case unix.TMPFS_MAGIC:
 		return "tmpfs"
+	case unix.MSDOS_SUPER_MAGIC:
+		return "vfat"
 	}
 	return fmt.Sprintf("fs 0x%x", s.Type)
 }

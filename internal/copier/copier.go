@@ -314,10 +314,10 @@ func (c *Copier) xattrErr(e *fsx.XattrError) {
 
 // metaFail reports a failed chown or chmod. A destination that cannot
 // hold owners or modes at all (vfat, exfat, some network filesystems:
-// EPERM, EOPNOTSUPP or EINVAL for every file) gets one warning per kind,
+// EPERM, EOPNOTSUPP, EINVAL or, through FUSE, ENOSYS for every file) gets one warning per kind,
 // not an error per file.
 func (c *Copier) metaFail(dir uint32, name []byte, op string, err error) {
-	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
 		if c.opt.Owner || op != "chown" {
 			what := map[string]string{"chown": "file owners (uid/gid)", "chmod": "these permission bits"}[op]
 			c.opt.OnWarn("meta "+op, fmt.Sprintf("the destination cannot store %s (%s: %v); they were not copied", what, op, err))

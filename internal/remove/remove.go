@@ -76,10 +76,29 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) *Remover {
 	r.dstDirs = fsx.NewDirCache(dstRoot, dirs.Resolve, unix.O_PATH, opt.DirCacheSize)
 	r.kept = make([]uint64, (dirs.Len()+63)/64)
 	var sfs unix.Statfs_t
-	if unix.Fstatfs(dstRoot, &sfs) == nil && coarseClock(int64(sfs.Type)) {
+	if unix.Fstatfs(dstRoot, &sfs) == nil && coarseClock(int64(sfs.Type)) || !exactTimes(dstRoot) {
 		r.timeSlack = 2e9
 	}
 	return r
+}
+
+// exactTimes reports whether the filesystem of dirfd keeps an mtime to the
+// nanosecond, by setting one on a probe file (FUSE drivers of fat and
+// exfat round them, and statfs names only "fuseblk").
+func exactTimes(dirfd int) bool {
+	name := fmt.Sprintf(".hlcp-probe-%d", unix.Getpid())
+	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return true // cannot tell: be strict
+	}
+	defer unix.Unlinkat(dirfd, name, 0)
+	defer unix.Close(fd)
+	want := unix.Timespec{Sec: 1600000001, Nsec: 123456789}
+	var st unix.Stat_t
+	if unix.UtimesNanoAt(dirfd, name, []unix.Timespec{want, want}, unix.AT_SYMLINK_NOFOLLOW) != nil || unix.Fstat(fd, &st) != nil {
+		return true
+	}
+	return st.Mtim == want
 }
 
 // coarseClock reports filesystems that keep mtimes in 2-second steps.

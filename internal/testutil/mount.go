@@ -100,13 +100,17 @@ func MountImage(t testing.TB, fstype string, sizeMB int, mkfsArgs ...string) str
 
 	if out, err := exec.Command("mount", "-t", fstype, dev, mnt).CombinedOutput(); err != nil {
 		// A kernel without the filesystem: its FUSE driver, if installed
-		// (exfat-fuse), serves the same on-disk format.
-		fuse, ferr := exec.LookPath("mount." + fstype + "-fuse")
+		// (exfat-fuse, fusefat), serves the same on-disk format.
+		name, fargs := "mount."+fstype+"-fuse", []string{dev, mnt}
+		if fstype == "vfat" {
+			name, fargs = "fusefat", []string{"-o", "rw+", dev, mnt}
+		}
+		fuse, ferr := exec.LookPath(name)
 		if ferr != nil {
 			detach()
-			t.Skipf("mount failed: mount -t %s %s: %v: %s (and no mount.%s-fuse)", fstype, dev, err, strings.TrimSpace(string(out)), fstype)
+			t.Skipf("mount failed: mount -t %s %s: %v: %s (and no %s)", fstype, dev, err, strings.TrimSpace(string(out)), name)
 		}
-		if out2, err2 := exec.Command(fuse, dev, mnt).CombinedOutput(); err2 != nil {
+		if out2, err2 := exec.Command(fuse, fargs...).CombinedOutput(); err2 != nil {
 			detach()
 			t.Skipf("mount failed: mount -t %s %s: %v: %s; %s: %v: %s", fstype, dev, err, strings.TrimSpace(string(out)), fuse, err2, strings.TrimSpace(string(out2)))
 		}
