@@ -65,8 +65,6 @@ func MountImage(t testing.TB, fstype string, sizeMB int, mkfsArgs ...string) str
 		args = []string{"-F", "-q"}
 	case "xfs", "btrfs":
 		args = []string{"-f", "-q"}
-	case "vfat":
-		args = []string{"-n", "HLCPTEST"}
 	}
 	args = append(append(args, mkfsArgs...), img)
 	if out, err := exec.Command(mkfs, args...).CombinedOutput(); err != nil {
