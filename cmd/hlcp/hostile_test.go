@@ -377,6 +377,15 @@ func TestMoveKeepsWhatDoesNotMatch(t *testing.T) {
 	must(t, unix.Stat(p5, &st))
 	must(t, os.WriteFile(p5, []byte("CONTENT 5"), 0o644))
 	must(t, unix.UtimesNano(p5, []unix.Timespec{st.Atim, st.Mtim}))
+	// A job that has removed source paths cannot be thrown away, nor
+	// overwritten by another job.
+	other := filepath.Join(base, "other")
+	must(t, os.Mkdir(other, 0o755))
+	for _, args := range [][]string{{"move", "--restart", src, dst}, {"copy", src, dst}, {"move", other, dst}} {
+		if r := run(t, nil, args...); r.code != 2 || !strings.Contains(r.stderr, "already removed source paths") {
+			t.Errorf("%v: exit %d, want 2 and a refusal\n%s", args, r.code, r.stderr)
+		}
+	}
 
 	r := run(t, nil, "move", "--checksum", "--remove-root", "--progress=plain", src, dst)
 	if r.code != 3 {
@@ -404,7 +413,34 @@ func TestMoveKeepsWhatDoesNotMatch(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dst, "a", "b", "f5")); string(b) != "content 5" {
 		t.Errorf("DST's f5 changed: %q", b)
 	}
-	// After the user deals with them, the move of the rest is a new job.
+	if !strings.Contains(r.stderr, "the move is not finished") {
+		t.Errorf("the move should say it is not finished:\n%s", r.stderr)
+	}
+	// The user deals with them (here: decides the SRC versions go), adds
+	// a file the scan never saw, and reruns: the new file is reported
+	// and kept, not removed and not lost.
+	must(t, os.Remove(filepath.Join(src, "a", "b", "f2")))
+	must(t, os.Remove(filepath.Join(src, "a", "b", "f5")))
+	must(t, os.WriteFile(filepath.Join(src, "late"), []byte("added after the scan"), 0o644))
+	r = run(t, nil, "move", "--checksum", "--remove-root", "--progress=plain", src, dst)
+	if r.code != 3 || !strings.Contains(r.stderr, "late: kept in SRC: not in the scan") {
+		t.Errorf("rerun with a late file: exit %d, want 3 with the late file listed\n%s", r.code, r.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(src, "late")); string(b) != "added after the scan" {
+		t.Errorf("the late file was lost")
+	}
+	must(t, os.Remove(filepath.Join(src, "late")))
+	if r := run(t, nil, "move", "--checksum", "--remove-root", "--progress=plain", src, dst); r.code != 0 {
+		t.Errorf("final rerun: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Lstat(src); err == nil {
+		t.Errorf("SRC still exists after the move finished with --remove-root")
+	}
+	if _, err := os.Lstat(filepath.Join(dst, ".hlcp-state")); err == nil {
+		t.Errorf("the state was not removed at the end")
+	}
+
+	// A move of its own with --remove-root.
 	must(t, os.RemoveAll(filepath.Join(src, "a")))
 	src2, dst2 := filepath.Join(base, "src2"), filepath.Join(base, "dst2")
 	must(t, os.MkdirAll(filepath.Join(src2, "x"), 0o755))
@@ -522,5 +558,43 @@ func TestMoveToExfat(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(dst, "f0-link")); string(b) != "data 0" {
 		t.Errorf("f0-link: %q", b)
+	}
+}
+
+// TestMoveKeepsFileChangedDuringCopy: a file written to while the move
+// copies it, and then no more, has a copy that matches no single state of
+// it; the move must not remove it (the copy gets the times of before the
+// copy, which the file no longer has). strace slows the data copy down so
+// that the write lands inside it.
+func TestMoveKeepsFileChangedDuringCopy(t *testing.T) {
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Skip("strace not installed")
+	}
+	base := t.TempDir()
+	src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
+	must(t, os.MkdirAll(src, 0o755))
+	f := filepath.Join(src, "f") // the only file: its copy is the first (and only) data call
+	must(t, os.WriteFile(f, bytes.Repeat([]byte("old content "), 1000), 0o644))
+	cmd := exec.Command(strace, "-f", "-o", "/dev/null", "-e", "trace=copy_file_range,sendfile",
+		"-e", "inject=copy_file_range,sendfile:delay_exit=1500000", hlcpBin, "move", "--retries=0", "--progress=none", "-j", "1", src, dst)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	must(t, cmd.Start())
+	time.Sleep(700 * time.Millisecond)
+	h, err := os.OpenFile(f, os.O_WRONLY, 0)
+	must(t, err)
+	h.WriteAt([]byte("NEW"), 0) // same size, new mtime and ctime
+	h.Close()
+	err = cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || !strings.Contains(out.String(), "f: changed while being copied") {
+		t.Fatalf("move: %v, want exit 3 with f reported as changed\n%s", err, out.String())
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatalf("the file that changed during the copy was removed from SRC: %v", err)
+	}
+	if !bytes.HasPrefix(b, []byte("NEW")) {
+		t.Errorf("SRC's f lost its new content: %q...", b[:12])
 	}
 }

@@ -585,6 +585,7 @@ func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.
 		return err
 	}
 	var changed bool
+	first := *st // the state the scan-time identity check saw
 	for attempt := 0; ; attempt++ {
 		dfd, err := createFile(dpfd, name)
 		if err != nil {
@@ -623,6 +624,13 @@ func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.
 			c.Stats.ReadWrite.Add(1)
 		}
 		w.setMeta(dfd, sfd, st, src)
+		if changed {
+			// The copy may mix two states of the file: it gets the times
+			// of the state before the copy, which the file no longer has,
+			// so that nothing (a move's check, rsync's quick check) takes
+			// it for a copy of the current file.
+			futimens(dfd, []unix.Timespec{first.Atim, first.Mtim})
+		}
 		if err := unix.Close(dfd); err != nil {
 			return fmt.Errorf("close: %w", err)
 		}

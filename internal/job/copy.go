@@ -168,6 +168,9 @@ type runner struct {
 	rm        *remove.Remover
 	dirs      *plan.DirTable
 	srcDevMap map[uint64]uint64
+	// keepState: a move ended with paths kept in SRC; its state stays for
+	// a rerun.
+	keepState bool
 	// prevErrors: per-path errors of earlier attempts of this job (their
 	// lines are in the error log, which every attempt appends to).
 	prevErrors int64
@@ -268,6 +271,14 @@ func (r *runner) run() (int, error) {
 			// Damaged or of another version, but a job's state: --restart
 			// discards it like any other.
 			old = &journal.Journal{Dir: stateDir}
+		}
+	}
+	if old != nil && old.ID.Command == "move" && (old.Phase == journal.PhaseRemove || old.Phase == journal.PhaseDone) {
+		// The move has removed source paths: DST holds their only copy.
+		// Neither --restart nor another job may overwrite them.
+		if o.Restart || old.ID.Src != absPath(o.Src) || !o.Move {
+			return ExitUsage, usagef("DST holds a move (`hlcp move %s %s`) that has already removed source paths, whose only copy is now in DST: rerun that command to finish it (--restart is refused)",
+				fsx.Quote(old.ID.Src), fsx.Quote(old.ID.Dst))
 		}
 	}
 	if old != nil && o.Restart {
@@ -525,7 +536,7 @@ func (r *runner) phases() error {
 			return err
 		}
 	}
-	if j.Phase == journal.PhaseDone {
+	if j.Phase == journal.PhaseDone || r.keepState {
 		return nil
 	}
 	return fmt.Errorf("state in unknown phase %q", j.Phase)
@@ -794,7 +805,28 @@ func (r *runner) removePhase() error {
 		return err
 	}
 	r.rep.End()
+	// What SRC still holds that the scan did not see (added, or renamed,
+	// after it) was not copied: it is listed, and the move is not done.
+	var left []string
+	var more int
+	if r.rm.Stats.Kept.Load()+r.rm.Stats.DirsKept.Load() == 0 {
+		left, more = r.rm.Leftovers(20)
+	}
+	for _, name := range left {
+		r.errs.add(name, fmt.Errorf("kept in SRC: not in the scan (added or renamed after it), so not copied"))
+	}
+	if more > 0 {
+		r.errs.add("...", fmt.Errorf("and %d more entries of SRC's top directory kept", more))
+	}
 	j.RemoveDirs = 0
+	if r.rm.Stats.Kept.Load()+r.rm.Stats.DirsKept.Load() > 0 || len(left) > 0 {
+		// Some source paths are still there: the job stays, in phase
+		// remove, so that a rerun (after the user dealt with them) goes
+		// through SRC again and removes what now matches.
+		j.FilesGone, j.RemoveMark = false, 0
+		r.keepState = true
+		return r.save()
+	}
 	j.Phase = journal.PhaseDone
 	return r.save()
 }
@@ -817,7 +849,18 @@ func (r *runner) finishJob() (int, error) {
 	if err := r.syncDst(); err != nil {
 		return r.stop(err)
 	}
-	if err := r.cp.InRoot(r.j.Remove); err != nil {
+	if r.keepState {
+		// The next run of the move makes a new pass over SRC, which
+		// reports again what is still kept: the list starts afresh.
+		os.Truncate(r.j.Path("errors.log"), 0)
+		r.j.Errors = 0
+		if err := r.j.Save(); err != nil {
+			return r.stop(err)
+		}
+		if err := r.cp.InRoot(func() error { return nil }); err != nil {
+			r.rep.Logf("warning: %v", err)
+		}
+	} else if err := r.cp.InRoot(r.j.Remove); err != nil {
 		r.rep.Logf("warning: remove state directory: %v", err)
 	}
 	if err := r.syncDst(); err != nil {
@@ -840,7 +883,15 @@ func (r *runner) finishJob() (int, error) {
 		fmt.Fprintf(r.o.Stderr, "errors (%d):\n%s", strings.Count(listed.String(), "\n"), listed.String())
 	}
 	r.printSummary(code)
+	if r.keepState {
+		fmt.Fprintf(r.o.Stderr, "hlcp: the move is not finished: the paths listed are still in SRC; its state is kept in %s: deal with them and rerun the same command\n", fsx.Quote(r.j.Dir))
+	}
 	return code, nil
+}
+
+func absPath(p string) string {
+	a, _ := filepath.Abs(p)
+	return a
 }
 
 func (r *runner) sumErrorsFromEarlier() bool { return r.prevErrors > 0 }

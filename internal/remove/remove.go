@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"sort"
 	"sync/atomic"
 	"time"
 
@@ -148,6 +150,13 @@ var errStop = errors.New("stopped")
 type group struct {
 	matched        bool
 	dstDev, dstIno uint64
+	src            unix.Stat_t // the source inode's state when it matched
+}
+
+// sameState reports whether two stats of one inode show the same content
+// and metadata state (any write or chmod changes ctime).
+func sameState(a, b *unix.Stat_t) bool {
+	return a.Dev == b.Dev && a.Ino == b.Ino && a.Size == b.Size && a.Mtim == b.Mtim && a.Ctim == b.Ctim
 }
 
 // Files removes the source paths of the plan's groups from offset from on.
@@ -253,12 +262,20 @@ func (r *Remover) one(e plan.Entry, g *group) bool {
 		r.keep(e.Dir, e.Name, fmt.Errorf("not in DST (%w)", err))
 		return false
 	}
-	if !(g.matched && ds.Dev == g.dstDev && ds.Ino == g.dstIno) {
+	if !(g.matched && ds.Dev == g.dstDev && ds.Ino == g.dstIno && sameState(&ss, &g.src)) {
 		if err := r.match(spfd, dpfd, name, &ss, &ds); err != nil {
 			r.keep(e.Dir, e.Name, err)
 			return false
 		}
-		g.matched, g.dstDev, g.dstIno = true, ds.Dev, ds.Ino
+		g.matched, g.dstDev, g.dstIno, g.src = true, ds.Dev, ds.Ino, ss
+	}
+	// Last look before the unlink: the name must still be the inode that
+	// matched, in the same state (a file written, or renamed over this
+	// name, while it was compared is kept).
+	var again unix.Stat_t
+	if err := unix.Fstatat(spfd, name, &again, unix.AT_SYMLINK_NOFOLLOW); err != nil || !sameState(&ss, &again) {
+		r.keep(e.Dir, e.Name, fmt.Errorf("changed while checked against its copy"))
+		return false
 	}
 	if err := unix.Unlinkat(spfd, name, 0); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -305,7 +322,7 @@ func (r *Remover) match(spfd, dpfd int, name string, ss, ds *unix.Stat_t) error 
 		}
 	case unix.S_IFREG:
 		if r.opt.Checksum {
-			return r.compare(spfd, dpfd, name, ss.Size)
+			return r.compare(spfd, dpfd, name, ss)
 		}
 	}
 	return nil
@@ -333,7 +350,8 @@ func openRead(dirfd int, name string) (int, error) {
 }
 
 // compare reads both files and compares their bytes.
-func (r *Remover) compare(spfd, dpfd int, name string, size int64) error {
+func (r *Remover) compare(spfd, dpfd int, name string, ss *unix.Stat_t) error {
+	size := ss.Size
 	sfd, err := openRead(spfd, name)
 	if err != nil {
 		return fmt.Errorf("open: %w", err)
@@ -367,6 +385,10 @@ func (r *Remover) compare(spfd, dpfd int, name string, size int64) error {
 		if n < len(r.bufA) {
 			if off != size {
 				return fmt.Errorf("changed while compared (%d bytes, not %d)", off, size)
+			}
+			var st unix.Stat_t
+			if err := unix.Fstat(sfd, &st); err != nil || !sameState(&st, ss) {
+				return fmt.Errorf("changed while compared")
 			}
 			return nil
 		}
@@ -488,4 +510,30 @@ func (r *Remover) dir(d *plan.Dir) {
 	default:
 		keep(fmt.Errorf("rmdir: %w", err))
 	}
+}
+
+// Leftovers lists up to max names still in SRC's top directory (after
+// Dirs), and how many more there are.
+func (r *Remover) Leftovers(max int) (names []string, more int) {
+	fd, err := unix.Openat(r.srcRoot, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0
+	}
+	f := os.NewFile(uintptr(fd), "SRC")
+	defer f.Close()
+	for {
+		batch, err := f.Readdirnames(1024)
+		for _, n := range batch {
+			if len(names) < max {
+				names = append(names, n)
+			} else {
+				more++
+			}
+		}
+		if err != nil || len(batch) == 0 {
+			break
+		}
+	}
+	sort.Strings(names)
+	return names, more
 }
