@@ -598,3 +598,31 @@ func TestMoveKeepsFileChangedDuringCopy(t *testing.T) {
 		t.Errorf("SRC's f lost its new content: %q...", b[:12])
 	}
 }
+
+// TestDstBindMountedInSrc: DST reached from inside SRC through a bind
+// mount (which the path checks cannot see) is left out of the scan and
+// reported, so that neither a copy nor a move feeds on its own output.
+func TestDstBindMountedInSrc(t *testing.T) {
+	if !isRoot() {
+		t.Skip("needs root to bind-mount")
+	}
+	base := t.TempDir()
+	src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
+	must(t, os.MkdirAll(filepath.Join(src, "m"), 0o755))
+	must(t, os.WriteFile(filepath.Join(src, "f"), []byte("f"), 0o644))
+	must(t, os.Mkdir(dst, 0o755))
+	if out, err := exec.Command("mount", "--bind", dst, filepath.Join(src, "m")).CombinedOutput(); err != nil {
+		t.Skipf("bind mount: %v %s", err, out)
+	}
+	defer exec.Command("umount", "-l", filepath.Join(src, "m")).Run()
+	r := run(t, nil, "move", "--progress=plain", src, dst)
+	if r.code != 3 || !strings.Contains(r.stderr, "m: is the destination or the job's state") {
+		t.Errorf("exit %d, want 3 with m reported\n%s", r.code, r.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "f")); string(b) != "f" {
+		t.Errorf("f not moved: %q", b)
+	}
+	if _, err := os.Lstat(filepath.Join(dst, "m", "m")); err == nil {
+		t.Errorf("DST was copied into itself")
+	}
+}

@@ -609,9 +609,17 @@ func (r *runner) scanPhase() error {
 	}
 	ents := extsort.New(filepath.Join(sdir, "e"), int(r.o.Memory/2), true)
 	dirs := extsort.New(filepath.Join(sdir, "d"), int(r.o.Memory/16), true)
+	var exclude [][2]uint64
+	for _, p := range []string{r.o.Dst, j.Dir} {
+		var xs unix.Stat_t
+		if unix.Stat(p, &xs) == nil {
+			exclude = append(exclude, [2]uint64{xs.Dev, xs.Ino})
+		}
+	}
 	ctr := r.rep.Phase("scan", "paths", "")
 	st, err := scan.Scan(r.o.Src, scan.Options{
-		Jobs: r.o.Jobs, OneFileSystem: r.o.OneFileSystem,
+		Exclude: exclude,
+		Jobs:    r.o.Jobs, OneFileSystem: r.o.OneFileSystem,
 		NewEmitter: func() scan.Emitter { return &copyEmitter{ents: ents, dirs: dirs} },
 		Counters:   ctr,
 		OnError:    r.errs.add,
@@ -684,15 +692,23 @@ func (r *runner) sortPhase() error {
 	return nil
 }
 
-func (r *runner) copyPhase() error {
-	j := r.j
-	ctr := r.rep.Phase("copy", "inodes", "paths")
+// planPhase starts the progress of a phase that walks the plan's groups
+// from plan offset mark on; what lies below the mark is estimated from its
+// share of the plan file.
+func (r *runner) planPhase(name string, mark int64) *progress.Counters {
+	ctr := r.rep.Phase(name, "inodes", "paths")
 	ctr.Total.Store(r.sum.Plan.Groups)
-	if j.Watermark > 0 {
-		if fi, err := os.Stat(j.Path("plan")); err == nil && fi.Size() > 0 {
-			ctr.Done.Store(int64(float64(r.sum.Plan.Groups) * float64(j.Watermark) / float64(fi.Size())))
+	if mark > 0 {
+		if fi, err := os.Stat(r.j.Path("plan")); err == nil && fi.Size() > 0 {
+			ctr.Done.Store(int64(float64(r.sum.Plan.Groups) * float64(mark) / float64(fi.Size())))
 		}
 	}
+	return ctr
+}
+
+func (r *runner) copyPhase() error {
+	j := r.j
+	ctr := r.planPhase("copy", j.Watermark)
 	ckpt := func(off int64) error {
 		if off == j.Watermark {
 			return nil
@@ -764,7 +780,7 @@ func (r *runner) finishPhase() error {
 // removePhase is move's last stage: source files, then source directories.
 func (r *runner) removePhase() error {
 	j := r.j
-	r.rm = remove.New(r.srcFd, r.dstFd, r.dirs, remove.Options{Checksum: r.o.Checksum, OnError: r.errs.add, SrcDevMap: r.srcDevMap})
+	r.rm = remove.New(r.srcFd, r.dstFd, r.dirs, remove.Options{Checksum: r.o.Checksum, OnError: r.errs.add, SrcDevMap: r.srcDevMap, ProbeDir: j.Dir})
 	stop := func() error {
 		if r.stopped.Load() {
 			return errInterrupted
@@ -772,13 +788,7 @@ func (r *runner) removePhase() error {
 		return nil
 	}
 	if !j.FilesGone {
-		ctr := r.rep.Phase("remove", "inodes", "paths")
-		ctr.Total.Store(r.sum.Plan.Groups)
-		if j.RemoveMark > 0 {
-			if fi, err := os.Stat(j.Path("plan")); err == nil && fi.Size() > 0 {
-				ctr.Done.Store(int64(float64(r.sum.Plan.Groups) * float64(j.RemoveMark) / float64(fi.Size())))
-			}
-		}
+		ctr := r.planPhase("remove", j.RemoveMark)
 		ckpt := func(off int64) error {
 			j.RemoveMark = off
 			return r.save()

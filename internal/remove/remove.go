@@ -39,6 +39,11 @@ type Options struct {
 	// SrcDevMap maps device numbers of the scan to the source's current
 	// ones (see copier.Options).
 	SrcDevMap map[uint64]uint64
+	// ProbeDir is where to probe the destination filesystem's time
+	// resolution: the job's state directory when it is on that
+	// filesystem, so that a crash leaves no probe file in DST itself.
+	// "" probes in DST's root.
+	ProbeDir string
 }
 
 // Stats of a removal.
@@ -78,7 +83,17 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) *Remover {
 	r.dstDirs = fsx.NewDirCache(dstRoot, dirs.Resolve, unix.O_PATH, opt.DirCacheSize)
 	r.kept = make([]uint64, (dirs.Len()+63)/64)
 	var sfs unix.Statfs_t
-	if unix.Fstatfs(dstRoot, &sfs) == nil && coarseClock(int64(sfs.Type)) || !exactTimes(dstRoot) {
+	probe := dstRoot
+	if opt.ProbeDir != "" {
+		var ps, ds unix.Stat_t
+		if fd, err := unix.Open(opt.ProbeDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+			defer unix.Close(fd)
+			if unix.Fstat(fd, &ps) == nil && unix.Fstat(dstRoot, &ds) == nil && ps.Dev == ds.Dev {
+				probe = fd
+			}
+		}
+	}
+	if unix.Fstatfs(dstRoot, &sfs) == nil && coarseClock(int64(sfs.Type)) || !exactTimes(probe) {
 		r.timeSlack = 2e9
 	}
 	return r

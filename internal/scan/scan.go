@@ -52,6 +52,10 @@ type Options struct {
 	Counters *progress.Counters
 	// OnError reports a per-path problem; the scan goes on.
 	OnError func(rel string, err error)
+	// Exclude lists directories, by (dev, ino), not to be scanned: the
+	// destination and the job's state, should SRC reach them through a
+	// bind mount. Such a directory is reported and left out.
+	Exclude [][2]uint64
 }
 
 // Stats of a finished scan.
@@ -334,6 +338,13 @@ func (w *worker) process(it item) int {
 			return 0
 		}
 		p.release()
+		if s.excluded(&st) {
+			unix.Close(fd)
+			w.report(parentRel, it.name, fmt.Errorf("is the destination or the job's state (reached through a bind mount?): left out"))
+			d.Flags |= plan.DirGone
+			w.emitDir(&d)
+			return 0
+		}
 		if st.Dev != p.dev {
 			s.stats.mounts.Add(1)
 			if s.opt.OneFileSystem {
@@ -446,4 +457,13 @@ func (w *worker) emitDir(d *plan.Dir) bool {
 		}
 	}
 	return true
+}
+
+func (s *scanner) excluded(st *unix.Stat_t) bool {
+	for _, x := range s.opt.Exclude {
+		if st.Dev == x[0] && st.Ino == x[1] {
+			return true
+		}
+	}
+	return false
 }
