@@ -32,6 +32,7 @@ type config struct {
 	hlcp     string
 	loop     bool
 	strace   bool
+	straceT  []string // tools whose syscalls are counted
 	verify   bool
 	noCheck  bool
 	cold     bool
@@ -50,7 +51,9 @@ func main() {
 	flag.StringVar(&c.out, "out", "bench/out", "directory for results (JSON, markdown, PNG)")
 	flag.StringVar(&c.hlcp, "hlcp", "", "hlcp binary (default: build ./cmd/hlcp)")
 	flag.BoolVar(&c.loop, "loop", os.Geteuid() == 0, "use loop-mounted ext4 images for source and destinations (root only)")
-	flag.BoolVar(&c.strace, "strace", false, "also count syscalls per path of each tool with strace -c -f (a separate, untimed run)")
+	flag.BoolVar(&c.strace, "strace", false, "also count syscalls per path with strace -c -f (a separate, untimed run) of the -strace-tools")
+	var straceF string
+	flag.StringVar(&straceF, "strace-tools", "hlcp,cp -a", "comma-separated tools whose syscalls -strace counts (strace slows each down several times)")
 	flag.BoolVar(&c.verify, "verify", true, "also time hlcp verify against rsync -naHc --delete and diff -r")
 	flag.BoolVar(&c.noCheck, "no-check", false, "do not check each copy with hlcp verify")
 	flag.BoolVar(&c.cold, "cold", true, "drop the page cache before each timed run (root only)")
@@ -60,6 +63,7 @@ func main() {
 	flag.Parse()
 	c.sizes = strings.Split(sizesF, ",")
 	c.tools = strings.Split(toolsF, ",")
+	c.straceT = strings.Split(straceF, ",")
 	if err := run(&c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

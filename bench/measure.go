@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -148,7 +149,9 @@ func measure(cmdline string, cold bool, limit time.Duration) Measure {
 // syscalls.
 func straceCount(cmdline, tmp string) (int64, error) {
 	outf := filepath.Join(tmp, "strace.txt")
-	cmd := exec.Command("strace", "-f", "-c", "-o", outf, "sh", "-c", cmdline)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "strace", "-f", "-c", "-o", outf, "sh", "-c", cmdline)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("strace %s: %v: %s", cmdline, err, lastLines(string(out), 5))
 	}

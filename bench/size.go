@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -217,7 +218,7 @@ func benchSize(c *config, size string, spec Spec) (*SizeResult, error) {
 			dst.destroy()
 		}
 		tr.Median = median(tr.Runs)
-		if c.strace {
+		if c.strace && slices.Contains(c.straceT, name) {
 			dst, err := mkfsMount(c.work, "dst", dstBytes, usedI+usedI/4+100000, c.loop)
 			if err != nil {
 				return nil, err

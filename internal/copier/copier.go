@@ -43,6 +43,9 @@ type Options struct {
 	// SrcDevMap maps device numbers of the scan to the ones the source
 	// has now (a resumed job after a reboot that renumbered the device).
 	SrcDevMap map[uint64]uint64
+	// NoPrefetch turns off the read-ahead of source files (see
+	// prefetch.go).
+	NoPrefetch bool
 }
 
 // Stats of a copy; all fields are updated atomically.

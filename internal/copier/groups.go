@@ -165,6 +165,8 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 		}()
 	}
 
+	pf := c.newPrefetcher(path, from)
+	defer pf.close()
 	var seq int64
 	newTask := func() *task {
 		var t *task
@@ -261,6 +263,7 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 			}
 			prev = append(prev[:0], rec...)
 			groupStart, groupLen, groupOff = len(cur.recs), 0, off
+			pf.advance()
 		}
 		groupLen++
 		if bigFailed {
@@ -313,6 +316,7 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 	}
 	close(tasks)
 	wg.Wait()
+	pf.close()
 	close(stopCkpt)
 	<-ckptDone
 	if rerr != nil {

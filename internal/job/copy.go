@@ -70,17 +70,13 @@ type Options struct {
 	RemoveRoot bool
 }
 
-// DefaultJobs is the default number of workers: I/O bound work wants more
-// than one per core.
+// DefaultJobs is the default number of workers. The copy waits on the
+// disk far more than it computes (on a cold cache, 2 cores were busy
+// about a third of the time with 4 workers), so it wants several workers
+// per core: 4 per core, between 8 and 32. (1M-path tree, 2 cores: 4
+// workers 25.9 s, 8 workers 22.3 s, 16 workers 21.4 s.)
 func DefaultJobs() int {
-	n := 2 * runtime.NumCPU()
-	if n < 4 {
-		n = 4
-	}
-	if n > 16 {
-		n = 16
-	}
-	return n
+	return min(max(4*runtime.NumCPU(), 8), 32)
 }
 
 func (o *Options) defaults() {
@@ -499,7 +495,8 @@ func (r *runner) phases() error {
 	}
 	r.cp, err = copier.New(r.srcFd, r.dstFd, dirs, copier.Options{
 		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries, SrcDevMap: r.srcDevMap,
-		OnError: r.errs.add, OnWarn: r.errs.warn,
+		NoPrefetch: os.Getenv("HLCP_NO_PREFETCH") != "", // for A/B measurements
+		OnError:    r.errs.add, OnWarn: r.errs.warn,
 	})
 	if err != nil {
 		return err
