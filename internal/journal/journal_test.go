@@ -76,3 +76,35 @@ func TestCreateAfterCrash(t *testing.T) {
 		}
 	}
 }
+
+// TestReserve: the space reserve is made once, at its size, kept across
+// Reserve calls, given up by Release, and a Save still works without it.
+func TestReserve(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	j, err := Create(dir, Identity{Command: "copy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Reserve()
+	fi, err := os.Stat(j.Path(reserveName))
+	if err != nil || fi.Size() != reserveSize {
+		t.Fatalf("reserve: %v %v", fi, err)
+	}
+	ino := fi.Sys()
+	j.Reserve() // already there: untouched
+	fi2, _ := os.Stat(j.Path(reserveName))
+	if !os.SameFile(fi, fi2) {
+		t.Errorf("Reserve remade an existing reserve (%v)", ino)
+	}
+	j.Release()
+	if _, err := os.Stat(j.Path(reserveName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Release left the reserve: %v", err)
+	}
+	j.Watermark = 7
+	if err := j.Save(); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := Open(dir); err != nil || k.Watermark != 7 {
+		t.Errorf("reopen: %v %+v", err, k)
+	}
+}

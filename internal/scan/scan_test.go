@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -58,10 +59,14 @@ func scanTree(t *testing.T, root string, opt Options) (Stats, map[uint32]plan.Di
 	var lines []string
 	opt.NewEmitter = func() Emitter { return &collect{mu: &mu, dirs: dirs, rels: rels, lines: &lines} }
 	var errs []string
+	user := opt.OnError
 	opt.OnError = func(rel string, err error) {
 		mu.Lock()
 		errs = append(errs, rel+": "+err.Error())
 		mu.Unlock()
+		if user != nil {
+			user(rel, err)
+		}
 	}
 	st, err := Scan(root, opt)
 	if err != nil {
@@ -208,5 +213,43 @@ func TestScanUnreadable(t *testing.T) {
 		if rels[id] == "d1" && d.Flags&plan.DirUnreadable == 0 {
 			t.Error("d1 not flagged unreadable")
 		}
+	}
+}
+
+// TestScanExclude: a directory listed in Exclude (by dev, ino) is reported,
+// recorded as gone and not descended into; the rest is scanned.
+func TestScanExclude(t *testing.T) {
+	root := t.TempDir()
+	buildTree(t, root)
+	ex := filepath.Join(root, "excluded")
+	os.MkdirAll(filepath.Join(ex, "deeper"), 0o755)
+	os.WriteFile(filepath.Join(ex, "deeper", "f"), nil, 0o644)
+	var st unix.Stat_t
+	if err := unix.Stat(ex, &st); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, all := scanTree(t, root, Options{Jobs: 2})
+	var reported []string
+	_, dirs, rels, lines := scanTree(t, root, Options{Jobs: 2, Exclude: [][2]uint64{{st.Dev, st.Ino}},
+		OnError: func(rel string, err error) { reported = append(reported, rel+": "+err.Error()) }})
+	for _, l := range lines {
+		if strings.HasPrefix(l, "excluded/") {
+			t.Errorf("descended into an excluded directory: %s", l)
+		}
+	}
+	if len(lines) != len(all)-1 {
+		t.Errorf("%d entries, want %d (all but excluded/deeper/f)", len(lines), len(all)-1)
+	}
+	gone := false
+	for id, d := range dirs {
+		if rels[id] == "excluded" {
+			gone = d.Flags&plan.DirGone != 0
+		}
+	}
+	if !gone {
+		t.Error("the excluded directory is not recorded as gone")
+	}
+	if len(reported) != 1 || !strings.HasPrefix(reported[0], "excluded: ") {
+		t.Errorf("reports: %q", reported)
 	}
 }
