@@ -143,24 +143,13 @@ func (c *Copier) Fatal() error {
 	return c.fatalErr
 }
 
-func (c *Copier) rel(dir uint32, name []byte) string {
-	p := c.dirs.Path(dir)
-	if p == "" {
-		return string(name)
-	}
-	if len(name) == 0 {
-		return p
-	}
-	return p + "/" + string(name)
-}
-
 func (c *Copier) fail(dir uint32, name []byte, err error) {
 	if isFatal(err) {
-		c.setFatal(fmt.Errorf("%s: %w", c.rel(dir, name), err))
+		c.setFatal(fmt.Errorf("%s: %w", c.dirs.Rel(dir, name), err))
 		return
 	}
 	c.Stats.Errors.Add(1)
-	c.opt.OnError(c.rel(dir, name), err)
+	c.opt.OnError(c.dirs.Rel(dir, name), err)
 }
 
 // MakeDirs creates every directory of the plan with id >= from under the

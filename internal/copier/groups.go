@@ -417,7 +417,7 @@ func (w *worker) linkAll(tgt *linkTarget, recs [][]byte) {
 				}
 				w.extraCopy(&ls, e)
 			default:
-				c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", c.rel(ls.dir, ls.name), err))
+				c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", c.dirs.Rel(ls.dir, ls.name), err))
 			}
 		}
 	}

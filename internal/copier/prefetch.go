@@ -122,10 +122,7 @@ func (p *prefetcher) fetch() {
 		if err != nil {
 			continue
 		}
-		fd, err := unix.Openat(pfd, it.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-		if err == unix.EPERM {
-			fd, err = unix.Openat(pfd, it.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-		}
+		fd, err := fsx.OpenNoAtime(pfd, it.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC)
 		c.srcDirs.Release(it.dir)
 		if err != nil {
 			continue

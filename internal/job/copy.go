@@ -696,9 +696,7 @@ func (r *runner) planPhase(name string, mark int64) *progress.Counters {
 	ctr := r.rep.Phase(name, "inodes", "paths")
 	ctr.Total.Store(r.sum.Plan.Groups)
 	if mark > 0 {
-		if fi, err := os.Stat(r.j.Path("plan")); err == nil && fi.Size() > 0 {
-			ctr.Done.Store(int64(float64(r.sum.Plan.Groups) * float64(mark) / float64(fi.Size())))
-		}
+		ctr.Done.Store(int64(float64(r.sum.Plan.Groups) * planShare(r.j, mark)))
 	}
 	return ctr
 }

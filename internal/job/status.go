@@ -73,27 +73,14 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 		s.Plan = new(plan.Stats)
 		json.Unmarshal(j.Plan, s.Plan)
 	}
-	mark := int64(-1)
-	switch j.Phase {
-	case journal.PhaseCopy:
-		mark = j.Watermark
-	case journal.PhaseRemove:
-		mark = j.RemoveMark
-		if j.FilesGone {
-			mark = -2
-		}
-	case journal.PhaseFinish:
-		if j.Dirs > 0 {
-			s.Fraction = 1 - float64(j.FinishBelow)/float64(j.Dirs)
-		}
-	case journal.PhaseDone:
-		s.Fraction = 1
-	}
-	if mark >= 0 {
-		if fi, err := os.Stat(j.Path("plan")); err == nil && fi.Size() > 0 {
-			s.Fraction = float64(mark) / float64(fi.Size())
-		}
-	} else if mark == -2 {
+	switch {
+	case j.Phase == journal.PhaseCopy:
+		s.Fraction = planShare(j, j.Watermark)
+	case j.Phase == journal.PhaseRemove && !j.FilesGone:
+		s.Fraction = planShare(j, j.RemoveMark)
+	case j.Phase == journal.PhaseFinish && j.Dirs > 0:
+		s.Fraction = 1 - float64(j.FinishBelow)/float64(j.Dirs)
+	case j.Phase == journal.PhaseRemove, j.Phase == journal.PhaseDone:
 		s.Fraction = 1
 	}
 	if fi, err := os.Stat(j.Path("errors.log")); err == nil && fi.Size() > 0 {
@@ -145,4 +132,13 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	fmt.Fprintf(w, "\nrerun `hlcp %s %s %s` to finish it, or pass --restart to that command to start over\n",
 		j.ID.Command, fsx.Quote(j.ID.Src), fsx.Quote(j.ID.Dst))
 	return StatusJob, nil
+}
+
+// planShare is how far the plan offset off is into the job's plan file
+// (0 when the plan cannot be read).
+func planShare(j *journal.Journal, off int64) float64 {
+	if fi, err := os.Stat(j.Path("plan")); err == nil && fi.Size() > 0 {
+		return float64(off) / float64(fi.Size())
+	}
+	return 0
 }

@@ -242,6 +242,19 @@ func (t *DirTable) Path(id uint32) string {
 	return strings.Join(parts, "/")
 }
 
+// Rel is the path of name in directory dir, relative to the tree's root
+// (the directory's own path when name is empty).
+func (t *DirTable) Rel(dir uint32, name []byte) string {
+	p := t.Path(dir)
+	if p == "" {
+		return string(name)
+	}
+	if len(name) == 0 {
+		return p
+	}
+	return p + "/" + string(name)
+}
+
 // Scan calls fn for every directory from id `from` upwards, in id order
 // (parents before children). d is reused between calls.
 func (t *DirTable) Scan(from uint32, fn func(d *Dir) error) error {

@@ -130,17 +130,6 @@ func (r *Remover) Close() {
 	r.dstDirs.Close()
 }
 
-func (r *Remover) rel(dir uint32, name []byte) string {
-	p := r.dirs.Path(dir)
-	if p == "" {
-		return string(name)
-	}
-	if len(name) == 0 {
-		return p
-	}
-	return p + "/" + string(name)
-}
-
 func (r *Remover) markKept(dir uint32) {
 	if int(dir/64) < len(r.kept) {
 		r.kept[dir/64] |= 1 << (dir % 64)
@@ -154,7 +143,7 @@ func (r *Remover) isKept(dir uint32) bool {
 func (r *Remover) keep(dir uint32, name []byte, err error) {
 	r.Stats.Kept.Add(1)
 	r.markKept(dir)
-	r.opt.OnError(r.rel(dir, name), fmt.Errorf("kept in SRC: %w", err))
+	r.opt.OnError(r.dirs.Rel(dir, name), fmt.Errorf("kept in SRC: %w", err))
 }
 
 // errStop is returned by Files and Dirs when stop said so.
@@ -355,24 +344,16 @@ func readlink(dirfd int, name string, size int64) ([]byte, error) {
 	return buf[:n], nil
 }
 
-func openRead(dirfd int, name string) (int, error) {
-	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
-	fd, err := unix.Openat(dirfd, name, flags|unix.O_NOATIME, 0)
-	if errors.Is(err, unix.EPERM) {
-		fd, err = unix.Openat(dirfd, name, flags, 0)
-	}
-	return fd, err
-}
-
 // compare reads both files and compares their bytes.
 func (r *Remover) compare(spfd, dpfd int, name string, ss *unix.Stat_t) error {
 	size := ss.Size
-	sfd, err := openRead(spfd, name)
+	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+	sfd, err := fsx.OpenNoAtime(spfd, name, flags)
 	if err != nil {
 		return fmt.Errorf("open: %w", err)
 	}
 	defer unix.Close(sfd)
-	dfd, err := openRead(dpfd, name)
+	dfd, err := fsx.OpenNoAtime(dpfd, name, flags)
 	if err != nil {
 		return fmt.Errorf("open in DST: %w", err)
 	}
@@ -463,7 +444,7 @@ func (r *Remover) dir(d *plan.Dir) {
 		r.Stats.DirsKept.Add(1)
 		r.markKept(d.Parent)
 		if err != nil {
-			r.opt.OnError(r.rel(d.ID, nil), fmt.Errorf("kept in SRC: %w", err))
+			r.opt.OnError(r.dirs.Rel(d.ID, nil), fmt.Errorf("kept in SRC: %w", err))
 		}
 	}
 	if d.Flags&(plan.DirGone) != 0 {
