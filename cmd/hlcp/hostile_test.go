@@ -173,11 +173,13 @@ func TestDestinationFills(t *testing.T) {
 	testutil.BuildSnapshots(t, src, testutil.SnapshotSpec{Snapshots: 4, Files: 4000, DirsPerLevel: 3, Depth: 2, ChangeRate: 0.3, Seed: 11, MaxSize: 16000})
 	before, err := testutil.Snapshot(src, compareOpts())
 	must(t, err)
-	// Leave about 20 MiB free: less than the ~80 MiB the tree needs.
+	// Leave about 40 MiB free: half of the ~80 MiB the tree needs, and
+	// room for the first tasks of 8 workers (a few MiB each) to finish
+	// and be checkpointed before the disk is full.
 	var fs unix.Statfs_t
 	must(t, unix.Statfs(dstFS, &fs))
 	filler := filepath.Join(dstFS, "filler")
-	fill := int64(fs.Bavail)*int64(fs.Bsize) - 20<<20
+	fill := int64(fs.Bavail)*int64(fs.Bsize) - 40<<20
 	f, err := os.Create(filler)
 	must(t, err)
 	must(t, unix.Fallocate(int(f.Fd()), 0, 0, fill))

@@ -119,9 +119,11 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	}
 	switch j.Phase {
 	case journal.PhaseCopy, journal.PhaseFinish, journal.PhaseRemove:
-		fmt.Fprintf(w, "  progress      %.1f%% of phase %s at the last checkpoint", 100*s.Fraction, j.Phase)
+		fmt.Fprintf(w, "  progress      %.1f%% of phase %s checkpointed (a rerun goes on from there)", 100*s.Fraction, j.Phase)
 		if j.Phase == journal.PhaseCopy {
-			fmt.Fprintf(w, ": %s inodes, %s paths, %s", c(s.GroupsDone), c(s.PathsDone), progress.Bytes(s.BytesDone))
+			// Workers run ahead of the checkpoint: these are what the
+			// run had copied in all when it saved it.
+			fmt.Fprintf(w, "; %s inodes, %s paths, %s copied by then", c(s.GroupsDone), c(s.PathsDone), progress.Bytes(s.BytesDone))
 		}
 		fmt.Fprintln(w)
 	}

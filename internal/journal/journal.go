@@ -65,7 +65,7 @@ type State struct {
 	// Progress marks.
 	DirsMade    uint32 `json:"dirs_made"`     // ids below are created
 	Watermark   int64  `json:"watermark"`     // plan offset below which all groups are done
-	GroupsDone  int64  `json:"groups_done"`   // informative, at the watermark
+	GroupsDone  int64  `json:"groups_done"`   // informative: done when the watermark was saved (workers run ahead of it)
 	PathsDone   int64  `json:"paths_done"`    // informative
 	BytesDone   int64  `json:"bytes_done"`    // informative
 	FinishBelow uint32 `json:"finish_below"`  // finish: ids >= this are done
