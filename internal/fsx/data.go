@@ -198,7 +198,13 @@ func (d *DataCopier) copyRange(sfd, dfd int, off, n int64, p devPair) (int64, Me
 	// Across filesystems copy_file_range says EXDEV; sendfile still copies
 	// page cache to page cache in the kernel, without a user buffer.
 	if done < n && d.Caps.get(p).sendfile != capNo {
-		if _, err := unix.Seek(dfd, off+done, io.SeekStart); err == nil {
+		// sendfile writes at dfd's file offset: a fresh file's is 0, and
+		// nothing before the first range has moved it.
+		var err error
+		if off+done != 0 {
+			_, err = unix.Seek(dfd, off+done, io.SeekStart)
+		}
+		if err == nil {
 			start := done
 			for done < n {
 				roff := off + done
