@@ -78,7 +78,10 @@ type Copier struct {
 	Stats            Stats
 
 	noLinks  atomic.Bool // destination refuses hard links
-	noAtime  atomic.Bool // O_NOATIME refused (not owner)
+	anySplit atomic.Bool // splits has entries
+	splitMu  sync.Mutex
+	splits   map[string]*linkTarget // groups split on EMLINK, by first path (dir id + name)
+	noAtime  atomic.Bool            // O_NOATIME refused (not owner)
 	fatalMu  sync.Mutex
 	fatalErr error
 }
@@ -89,8 +92,13 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error
 	if opt.Jobs < 1 {
 		opt.Jobs = 1
 	}
+	// The destination cache gets most of the fds: links go into every
+	// directory of the tree, chunk after chunk, while the source side only
+	// opens the directories of each group's first path, in inode order.
+	srcCache, dstCache := opt.DirCacheSize, opt.DirCacheSize
 	if opt.DirCacheSize == 0 {
-		opt.DirCacheSize = fsx.DirCacheSize(2)
+		srcCache = fsx.DirCacheSize(2)
+		dstCache = srcCache
 	}
 	if opt.OnError == nil {
 		opt.OnError = func(string, error) {}
@@ -106,8 +114,8 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error
 		return nil, err
 	}
 	c := &Copier{opt: opt, srcRoot: srcRoot, dstRoot: dstRoot, srcDev: ss.Dev, dstDev: ds.Dev, dirs: dirs, caps: fsx.NewCaps()}
-	c.srcDirs = fsx.NewDirCache(srcRoot, dirs.Resolve, unix.O_PATH, opt.DirCacheSize)
-	c.dstDirs = fsx.NewDirCache(dstRoot, dirs.Resolve, unix.O_PATH, opt.DirCacheSize)
+	c.srcDirs = fsx.NewDirCache(srcRoot, dirs.Resolve, unix.O_PATH, srcCache)
+	c.dstDirs = fsx.NewDirCache(dstRoot, dirs.Resolve, unix.O_PATH, dstCache)
 	return c, nil
 }
 

@@ -2,6 +2,7 @@ package copier
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,22 +16,25 @@ import (
 	"hlcp/internal/progress"
 )
 
-// Task sizes. A task is a batch of whole small groups, or one chunk of a
-// large group; bigChunk bounds the memory a group with millions of links
-// takes: it is streamed chunk by chunk.
+// Task sizes. A create task is a batch of groups (the first path of each);
+// a link task is a batch of link records, cut where the destination
+// directory changes once it holds minLinkTask records, so that a directory
+// is mostly linked into by one worker at a time.
 const (
-	maxTaskRecs  = 512
-	maxTaskBytes = 64 << 10
-	bigChunk     = 4096
+	maxCreateRecs = 64
+	maxTaskBytes  = 64 << 10
+	minLinkTask   = 256
+	maxLinkTask   = 4096
+	maxLinkBytes  = 256 << 10
 )
 
 type task struct {
 	seq    int64
-	endOff int64 // plan offset after the task's last record; -1 when that is inside a group
+	endOff int64 // file offset after the task's last record
 	recs   [][]byte
 	buf    []byte
-	link   *linkTarget      // continuation chunk of a large group: link every record to this
-	result chan *linkTarget // head chunk of a large group: where to link the rest
+	counts []int64 // create tasks: the paths of each record's group
+	links  bool    // recs are link records
 }
 
 func (t *task) add(rec []byte) {
@@ -53,8 +57,7 @@ func (t *task) add(rec []byte) {
 func (t *task) reset() {
 	t.recs = t.recs[:0]
 	t.buf = t.buf[:0]
-	t.link = nil
-	t.result = nil
+	t.counts = t.counts[:0]
 	t.endOff = -1
 }
 
@@ -69,9 +72,9 @@ type linkSrc struct {
 	size  int64
 }
 
-// linkTarget is where the paths of one group are linked to. The chunks of
-// a large group share it: when the inode is full (EMLINK), the chunk that
-// sees it first makes a new copy and every chunk links to that one.
+// linkTarget is where the paths of a group that had to be split are linked
+// to: when the inode is full (EMLINK), the worker that sees it first makes
+// a new copy and every later link of the group goes to that one.
 type linkTarget struct {
 	mu    sync.Mutex
 	ls    linkSrc
@@ -85,60 +88,109 @@ func (t *linkTarget) get() linkSrc {
 	return t.ls
 }
 
-// tracker turns out-of-order task completions into a watermark: the plan
-// offset below which every group is done. A task that was cut short (the
-// copy is stopping) holds the watermark where it is for good: its groups,
-// and all after them, are redone by the next run.
+// tracker turns out-of-order task completions into a watermark: the file
+// offset below which every record is done, and the groups below it. A task
+// that was cut short (the copy is stopping) holds the watermark where it is
+// for good: its records, and all after them, are redone by the next run.
 type tracker struct {
 	mu        sync.Mutex
+	cond      *sync.Cond
 	next      int64
-	done      map[int64]int64
+	done      map[int64]taskEnd
 	watermark int64
+	groups    int64 // groups below the watermark (create tasks)
+	sent      int64 // tasks sent, once the dispatcher has sent the last one; -1 before
+	finished  bool  // every task sent has completed
+}
+
+type taskEnd struct{ off, groups int64 }
+
+func newTracker(off, groups int64) *tracker {
+	t := &tracker{done: make(map[int64]taskEnd), watermark: off, groups: groups, sent: -1}
+	t.cond = sync.NewCond(&t.mu)
+	return t
 }
 
 const aborted = -2 // endOff of a task that did not finish
 
-func (t *tracker) complete(seq, endOff int64) {
+func (t *tracker) complete(seq, endOff, groups int64) {
 	t.mu.Lock()
-	t.done[seq] = endOff
+	t.done[seq] = taskEnd{endOff, groups}
 	for {
-		off, ok := t.done[t.next]
-		if !ok || off == aborted {
+		e, ok := t.done[t.next]
+		if !ok || e.off == aborted {
 			break
 		}
 		delete(t.done, t.next)
 		t.next++
-		if off >= 0 {
-			t.watermark = off
+		t.groups += e.groups
+		if e.off >= 0 {
+			t.watermark = e.off
 		}
 	}
+	t.finished = t.sent >= 0 && t.next == t.sent
 	t.mu.Unlock()
+	t.cond.Broadcast()
 }
 
-func (t *tracker) get() int64 {
+// close says that n tasks were sent in all.
+func (t *tracker) close(n int64) {
+	t.mu.Lock()
+	t.sent = n
+	t.finished = t.next == n
+	t.mu.Unlock()
+	t.cond.Broadcast()
+}
+
+func (t *tracker) get() (off, groups int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.watermark
+	return t.watermark, t.groups
 }
 
-// CopyPlan copies every group of the plan file from offset from (a
-// watermark of an earlier run, or 0). checkpoint, if not nil, is called
-// from another goroutine about every `every` with the current watermark,
-// and once at the end; an error from it stops the copy. ctr gets groups
-// (Done), paths and bytes.
-func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, checkpoint func(off int64) error, every time.Duration) error {
-	r, err := plan.OpenReader(path, from)
+// Marks are where a copy stands: the plan offset below which every group's
+// inode is created (and the number of those groups), and the link file
+// offset below which every link is made.
+type Marks struct {
+	Plan   int64
+	Groups int64
+	Links  int64
+}
+
+// Copy copies the plan: it creates each group's inode at its first path,
+// in inode order (the plan file at planPath), and makes the group's other
+// paths as links (the link file at linksPath, sorted by chunk of groups,
+// then by destination directory). Both go on at once: the links of a chunk
+// are made as soon as the chunk's inodes exist, by the same workers, while
+// the creates go on with the next chunks. from is where an earlier run
+// stopped (or zero). checkpoint, if not nil, is called from another
+// goroutine about every `every` with the current marks, and once at the
+// end; an error from it stops the copy. ctr gets groups (Done), paths and
+// bytes.
+func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Counters, checkpoint func(Marks) error, every time.Duration) error {
+	pr, err := plan.OpenReader(planPath, from.Plan)
 	if err != nil {
 		return err
 	}
-	defer r.Close()
+	defer pr.Close()
+	lr, err := plan.OpenReader(linksPath, from.Links)
+	if err != nil {
+		return err
+	}
+	defer lr.Close()
 	if ctr == nil {
 		ctr = new(progress.Counters)
 	}
 
 	tasks := make(chan *task, 2*c.opt.Jobs)
 	free := make(chan *task, 4*c.opt.Jobs)
-	tr := &tracker{done: make(map[int64]int64), watermark: from}
+	ct := newTracker(from.Plan, from.Groups)
+	lt := newTracker(from.Links, 0)
+	marks := func() Marks {
+		off, groups := ct.get()
+		loff, _ := lt.get()
+		return Marks{Plan: off, Groups: groups, Links: loff}
+	}
 	var wg sync.WaitGroup
 	for i := 0; i < c.opt.Jobs; i++ {
 		wg.Add(1)
@@ -146,17 +198,20 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 			defer wg.Done()
 			w := &worker{c: c, ctr: ctr, data: fsx.DataCopier{Caps: c.caps}}
 			for t := range tasks {
-				res := w.run(t)
-				if t.result != nil {
-					t.result <- res
+				tr := ct
+				if t.links {
+					tr = lt
+					w.linkTask(t)
+				} else {
+					w.createTask(t)
 				}
-				// A task cut short by a stop has left groups (or links)
-				// undone; so may one that ran while the stop came in.
+				// A task cut short by a stop has left records undone; so
+				// may one that ran while the stop came in.
 				end := t.endOff
 				if c.Fatal() != nil {
 					end = aborted
 				}
-				tr.complete(t.seq, end)
+				tr.complete(t.seq, end, int64(len(t.counts)))
 				select {
 				case free <- t:
 				default:
@@ -164,11 +219,8 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 			}
 		}()
 	}
-
-	pf := c.newPrefetcher(path, from)
-	defer pf.close()
-	var seq int64
-	newTask := func() *task {
+	var poolMu sync.Mutex
+	newTask := func(links bool, seq *int64) *task {
 		var t *task
 		select {
 		case t = <-free:
@@ -176,160 +228,163 @@ func (c *Copier) CopyPlan(path string, from int64, ctr *progress.Counters, check
 		default:
 			t = &task{buf: make([]byte, 0, maxTaskBytes+512), endOff: -1}
 		}
-		t.seq = seq
-		seq++
+		poolMu.Lock()
+		t.seq = *seq
+		*seq++
+		poolMu.Unlock()
+		t.links = links
 		return t
 	}
-	send := func(t *task) { tasks <- t }
 
-	var (
-		cur        = newTask()
-		prev       []byte // first record of the current group
-		groupStart int    // index of the current group's first record in cur
-		groupLen   int64
-		groupOff   = from // plan offset of the current group's first record
-		big        *linkTarget
-		bigNlink   uint64 // the large group's source st_nlink
-		bigFailed  bool
-		bigSkipped int64
-		bigHead    plan.Entry
-		rerr       error
-	)
-	// Checkpoints run beside the copy: the watermark is taken first, then
-	// the checkpoint (syncfs + journal) makes everything below it durable,
-	// while the workers go on.
+	// Checkpoints run beside the copy: the marks are taken first, then the
+	// checkpoint (syncfs + journal) makes everything below them durable,
+	// while the workers go on. The ticker also wakes the link dispatcher
+	// now and then, so that it sees a stop even when nothing completes.
 	stopCkpt := make(chan struct{})
 	ckptDone := make(chan struct{})
 	go func() {
 		defer close(ckptDone)
-		if every <= 0 || checkpoint == nil {
-			return
-		}
-		t := time.NewTicker(every)
-		defer t.Stop()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		last := time.Now()
 		for {
 			select {
 			case <-stopCkpt:
 				return
-			case <-t.C:
-				if err := checkpoint(tr.get()); err != nil {
+			case <-tick.C:
+				ct.cond.Broadcast()
+				if every <= 0 || checkpoint == nil || time.Since(last) < every {
+					continue
+				}
+				last = time.Now()
+				if err := checkpoint(marks()); err != nil {
 					c.setFatal(fmt.Errorf("checkpoint: %w", err))
 					return
 				}
 			}
 		}
 	}()
-	// endBig closes a large group: its last chunk carries the group's end offset.
-	endBig := func() {
-		if big != nil && bigNlink > uint64(groupLen) {
-			c.Stats.OutsideLinks.Add(1)
+
+	// The creates: the first path of each group, in plan order.
+	var cerr error
+	var dispatchers sync.WaitGroup
+	dispatchers.Add(1)
+	go func() {
+		defer dispatchers.Done()
+		pf := c.newPrefetcher(planPath, from.Plan)
+		defer pf.close()
+		var seq int64
+		cur := newTask(false, &seq)
+		var prev []byte
+		for c.Fatal() == nil {
+			off := pr.Offset()
+			rec, err := pr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				cerr = fmt.Errorf("read plan: %w", err)
+				c.setFatal(cerr)
+				break
+			}
+			if prev != nil && plan.SameInode(prev, rec) {
+				cur.counts[len(cur.counts)-1]++
+				continue
+			}
+			// A new group starts: the task so far ends at a group boundary.
+			if len(cur.recs) >= maxCreateRecs || len(cur.buf) >= maxTaskBytes {
+				cur.endOff = off
+				tasks <- cur
+				cur = newTask(false, &seq)
+			}
+			prev = append(prev[:0], rec...)
+			pf.advance()
+			cur.add(rec)
+			cur.counts = append(cur.counts, 1)
 		}
-		if bigSkipped > 0 && c.Fatal() == nil {
-			c.fail(bigHead.Dir, bigHead.Name, fmt.Errorf("%d more links of this inode were not created", bigSkipped))
+		if c.Fatal() == nil {
+			cur.endOff = pr.Offset()
 		}
-		big, bigFailed, bigSkipped = nil, false, 0
+		// Sent even when empty: its end offset is the end of the plan.
+		if len(cur.recs) > 0 || cur.endOff >= 0 {
+			tasks <- cur
+		} else {
+			seq-- // not sent
+		}
+		ct.close(seq)
+	}()
+
+	// The links, a chunk at a time once the chunk's inodes exist.
+	ready := func(chunk uint32) bool {
+		ct.mu.Lock()
+		defer ct.mu.Unlock()
+		for !ct.finished && ct.groups < int64(chunk+1)*plan.ChunkGroups {
+			if c.Fatal() != nil {
+				return false
+			}
+			ct.cond.Wait()
+		}
+		return c.Fatal() == nil
 	}
-	// linkTask starts a continuation chunk of a large group; all of them
-	// share the group's link target.
-	linkTask := func() *task {
-		t := newTask()
-		t.link = big
-		return t
-	}
-	for {
-		if c.Fatal() != nil {
-			break
-		}
-		off := r.Offset()
-		rec, err := r.Next()
+	var lerr error
+	var lseq int64
+	cur := newTask(true, &lseq)
+	var dir uint32
+	readyChunk := int64(-1)
+	for c.Fatal() == nil {
+		off := lr.Offset()
+		rec, err := lr.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			rerr = fmt.Errorf("read plan: %w", err)
+			lerr = fmt.Errorf("read links: %w", err)
 			break
 		}
-		if prev == nil || !plan.SameInode(prev, rec) {
-			// A new group starts: the task so far ends at a group boundary.
-			if big != nil || bigFailed {
+		chunk, d := plan.LinkKey(rec)
+		if int64(chunk) > readyChunk {
+			if len(cur.recs) > 0 {
 				cur.endOff = off
-				send(cur)
-				cur = newTask()
-				endBig()
-			} else if len(cur.recs) >= maxTaskRecs || len(cur.buf) >= maxTaskBytes {
-				cur.endOff = off
-				send(cur)
-				cur = newTask()
+				tasks <- cur
+				cur = newTask(true, &lseq)
 			}
-			prev = append(prev[:0], rec...)
-			groupStart, groupLen, groupOff = len(cur.recs), 0, off
-			pf.advance()
+			if !ready(chunk) {
+				break
+			}
+			readyChunk = int64(chunk)
+		} else if len(cur.recs) >= maxLinkTask || len(cur.buf) >= maxLinkBytes || (d != dir && len(cur.recs) >= minLinkTask) {
+			cur.endOff = off
+			tasks <- cur
+			cur = newTask(true, &lseq)
 		}
-		groupLen++
-		if bigFailed {
-			bigSkipped++ // the inode could not be made
-			continue
-		}
+		dir = d
 		cur.add(rec)
-		switch {
-		case big == nil && groupLen == bigChunk:
-			// This group is large: run its first chunk alone, wait for
-			// the inode to exist, then stream the rest in parallel chunks.
-			if groupStart > 0 {
-				head := newTask()
-				for _, r := range cur.recs[groupStart:] {
-					head.add(r)
-				}
-				cur.recs = cur.recs[:groupStart]
-				cur.endOff = groupOff
-				send(cur)
-				cur = head
-			}
-			if e, err := plan.DecodeEntry(cur.recs[0]); err == nil {
-				bigHead = plan.Entry{Dir: e.Dir, Name: append([]byte(nil), e.Name...)}
-			}
-			cur.result = make(chan *linkTarget, 1)
-			res := cur.result
-			send(cur)
-			big = <-res
-			if big == nil {
-				bigFailed = true
-			} else {
-				bigNlink = big.get().nlink
-			}
-			cur = linkTask()
-		case big != nil && len(cur.recs) >= bigChunk:
-			send(cur)
-			cur = linkTask()
-		}
 	}
-	if rerr == nil && c.Fatal() == nil {
-		cur.endOff = r.Offset()
+	if lerr == nil && c.Fatal() == nil {
+		cur.endOff = lr.Offset()
 	}
-	// Sent even when empty: its end offset is the end of the plan (the
-	// last group's chunks may all have gone already).
 	if len(cur.recs) > 0 || cur.endOff >= 0 {
-		send(cur)
+		tasks <- cur
 	}
-	if big != nil || bigFailed {
-		endBig()
-	}
+	dispatchers.Wait()
 	close(tasks)
 	wg.Wait()
-	pf.close()
 	close(stopCkpt)
 	<-ckptDone
-	if rerr != nil {
-		return rerr
+	if lerr != nil {
+		return lerr
+	}
+	if cerr != nil {
+		return cerr
 	}
 	if err := c.Fatal(); err != nil {
 		if checkpoint != nil {
-			checkpoint(tr.get())
+			checkpoint(marks())
 		}
 		return err
 	}
 	if checkpoint != nil {
-		return checkpoint(tr.get())
+		return checkpoint(marks())
 	}
 	return nil
 }
@@ -342,83 +397,114 @@ type worker struct {
 	lbuf []byte
 }
 
-// run does one task and returns the link target of its last group.
-func (w *worker) run(t *task) *linkTarget {
-	if t.link != nil {
-		w.linkAll(t.link, t.recs)
-		return t.link
-	}
-	var last *linkTarget
-	for i := 0; i < len(t.recs); {
-		j := i + 1
-		for j < len(t.recs) && plan.SameInode(t.recs[i], t.recs[j]) {
-			j++
-		}
-		e, err := plan.DecodeEntry(t.recs[i])
-		if err != nil {
-			w.c.setFatal(err)
-			return nil
-		}
-		last = nil
-		if ls := w.create(e, e.Dir, e.Name); ls != nil {
-			w.c.Stats.Groups.Add(1)
-			w.ctr.Done.Add(1)
-			last = &linkTarget{ls: *ls}
-			w.linkAll(last, t.recs[i+1:j])
-			if t.result == nil && ls.nlink > uint64(j-i) {
-				w.c.Stats.OutsideLinks.Add(1)
-			}
-		} else if w.c.Fatal() != nil {
-			return nil // stopping: the rest is redone from the checkpoint
-		} else if j-i > 1 {
-			w.c.fail(e.Dir, e.Name, fmt.Errorf("%d other links of this inode were not created", j-i-1))
-		}
-		i = j
-	}
-	return last
-}
-
-func (w *worker) linkAll(tgt *linkTarget, recs [][]byte) {
-	if tgt == nil {
-		return
-	}
+// createTask creates the inode of each group of a create task at its
+// first path.
+func (w *worker) createTask(t *task) {
 	c := w.c
-	for _, rec := range recs {
-		if c.Fatal() != nil {
-			return
-		}
+	for i, rec := range t.recs {
 		e, err := plan.DecodeEntry(rec)
 		if err != nil {
 			c.setFatal(err)
 			return
 		}
-		for done := false; !done; {
-			ls := tgt.get()
-			if c.noLinks.Load() {
-				w.extraCopy(&ls, e)
-				break
+		if ls := w.create(e, e.Dir, e.Name); ls != nil {
+			c.Stats.Groups.Add(1)
+			w.ctr.Done.Add(1)
+			if ls.nlink > uint64(t.counts[i]) {
+				c.Stats.OutsideLinks.Add(1)
 			}
-			err = w.link(&ls, e)
-			done = true
-			switch {
-			case err == nil:
-				c.Stats.Paths.Add(1)
-				c.Stats.Links.Add(1)
-				w.ctr.Paths.Add(1)
-			case errors.Is(err, unix.EMLINK):
-				// The inode is full: copy it again here and link the
-				// rest of the group to the new copy, unless another
-				// chunk of the group has just done so: then link to
-				// its copy.
-				done = w.moveTarget(tgt, &ls, e)
-			case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS):
-				if !c.noLinks.Swap(true) {
-					c.opt.OnWarn("nolinks", fmt.Sprintf("the destination does not support hard links (%v): every path gets its own copy of the data", err))
-				}
-				w.extraCopy(&ls, e)
-			default:
-				c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", c.dirs.Rel(ls.dir, ls.name), err))
+		} else if c.Fatal() != nil {
+			return // stopping: the rest is redone from the checkpoint
+		}
+	}
+}
+
+// linkTask makes the links of a link task.
+func (w *worker) linkTask(t *task) {
+	c := w.c
+	var l plan.Link
+	for _, rec := range t.recs {
+		if c.Fatal() != nil {
+			return
+		}
+		if err := plan.DecodeLink(rec, &l); err != nil {
+			c.setFatal(err)
+			return
+		}
+		w.linkOne(&l)
+	}
+}
+
+// splitTarget returns the shared target of l's group once the group has
+// been split, or nil; with create, it makes the entry (at the group's
+// first path) when there is none yet.
+func (c *Copier) splitTarget(l *plan.Link, create bool) *linkTarget {
+	if !create && !c.anySplit.Load() {
+		return nil
+	}
+	key := string(binary.BigEndian.AppendUint32(nil, l.TDir)) + string(l.TName)
+	c.splitMu.Lock()
+	defer c.splitMu.Unlock()
+	t := c.splits[key]
+	if t == nil && create {
+		src := l.Target()
+		src.Name = append([]byte(nil), src.Name...)
+		t = &linkTarget{ls: linkSrc{dir: l.TDir, name: src.Name, src: src}}
+		if c.splits == nil {
+			c.splits = make(map[string]*linkTarget)
+		}
+		c.splits[key] = t
+		c.anySplit.Store(true)
+	}
+	return t
+}
+
+// linkOne makes the link l: to the group's first path, or to the copy that
+// replaced it when the inode filled up.
+func (w *worker) linkOne(l *plan.Link) {
+	c := w.c
+	e := l.Entry()
+	tgt := c.splitTarget(l, false)
+	for {
+		var ls linkSrc
+		if tgt != nil {
+			ls = tgt.get()
+		} else {
+			ls = linkSrc{dir: l.TDir, name: l.TName, src: l.Target()}
+		}
+		if c.noLinks.Load() {
+			w.extraCopy(&ls, e)
+			return
+		}
+		err := w.link(&ls, e)
+		switch {
+		case err == nil:
+			c.Stats.Paths.Add(1)
+			c.Stats.Links.Add(1)
+			w.ctr.Paths.Add(1)
+			return
+		case errors.Is(err, unix.EMLINK):
+			// The inode is full: copy it again here and link the rest of
+			// the group to the new copy, unless another worker has just
+			// done so: then link to its copy.
+			if tgt == nil {
+				tgt = c.splitTarget(l, true)
 			}
+			if w.moveTarget(tgt, &ls, e) {
+				return
+			}
+		case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS):
+			if !c.noLinks.Swap(true) {
+				c.opt.OnWarn("nolinks", fmt.Sprintf("the destination does not support hard links (%v): every path gets its own copy of the data", err))
+			}
+			w.extraCopy(&ls, e)
+			return
+		case errors.Is(err, unix.ENOENT):
+			c.fail(e.Dir, e.Name, fmt.Errorf("not linked to %s, which was not copied (see its error): %w", c.dirs.Rel(ls.dir, ls.name), err))
+			return
+		default:
+			c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", c.dirs.Rel(ls.dir, ls.name), err))
+			return
 		}
 	}
 }
@@ -511,6 +597,12 @@ func (w *worker) create(src plan.Entry, dir uint32, name []byte) *linkSrc {
 		}
 		c.fail(src.Dir, src.Name, err)
 		if !errors.Is(err, errChanged) {
+			if !isFatal(err) {
+				// Nothing must stay at the path that the group's links
+				// would link to: a file left by an earlier run is not a
+				// copy of what the source has now.
+				unix.Unlinkat(dpfd, string(name), 0)
+			}
 			return nil
 		}
 	}

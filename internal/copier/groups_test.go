@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"sort"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/extsort"
 	"hlcp/internal/plan"
+	"hlcp/internal/progress"
 )
 
 type pent struct {
@@ -19,7 +21,8 @@ type pent struct {
 	rec []byte
 }
 
-// buildPlan makes a one-directory plan of every file directly in src.
+// buildPlan makes a one-directory plan of every file directly in src, and
+// its link file (plan path + ".links").
 func buildPlan(t *testing.T, src, state string) (*plan.DirTable, string, []pent) {
 	var st unix.Stat_t
 	if err := unix.Stat(src, &st); err != nil {
@@ -51,6 +54,22 @@ func buildPlan(t *testing.T, src, state string) (*plan.DirTable, string, []pent)
 	}
 	p := filepath.Join(state, "plan")
 	os.WriteFile(p, buf, 0o600)
+	var links [][]byte
+	for i := 0; i < len(recs); {
+		f, _ := plan.DecodeEntry(recs[i])
+		j := i + 1
+		for ; j < len(recs) && plan.SameInode(recs[i], recs[j]); j++ {
+			e, _ := plan.DecodeEntry(recs[j])
+			links = append(links, plan.AppendLink(nil, &plan.Link{Dir: e.Dir, Name: e.Name, TDir: f.Dir, TName: f.Name, Dev: e.Dev, Ino: e.Ino, Type: e.Type}))
+		}
+		i = j
+	}
+	sort.Slice(links, func(i, j int) bool { return bytes.Compare(links[i], links[j]) < 0 })
+	buf = buf[:0]
+	for _, l := range links {
+		buf = extsort.AppendFrame(buf, l)
+	}
+	os.WriteFile(p+".links", buf, 0o600)
 	return tab, p, out
 }
 
@@ -114,12 +133,15 @@ func TestWatermarkAfterStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	var last int64
-	err = c.CopyPlan(p, 0, nil, func(off int64) error { last = off; return nil }, 0)
-	t.Logf("CopyPlan: %v; final watermark %d of plan size %d", err, last, len(ents))
+	err = c.Copy(p, p+".links", Marks{}, nil, func(m Marks) error { last = m.Plan; return nil }, 0)
+	t.Logf("Copy: %v; final watermark %d of plan size %d", err, last, len(ents))
 	missing := 0
-	for _, pe := range ents {
+	for i, pe := range ents {
 		if pe.off >= last {
 			break
+		}
+		if i > 0 && plan.SameInode(ents[i-1].rec, pe.rec) {
+			continue // a link: LinkPlan's
 		}
 		e, _ := plan.DecodeEntry(pe.rec)
 		if _, err := os.Lstat(filepath.Join(dst, string(e.Name))); err != nil {
@@ -134,27 +156,28 @@ func TestWatermarkAfterStop(t *testing.T) {
 	}
 }
 
-// TestWatermarkBigLast: a large group that ends the plan with a size that is
-// a multiple of bigChunk; the final watermark is still the end of the plan.
+// TestWatermarkBigLast: a large group ends the plan; the final watermark is
+// still the end of the plan.
 func TestWatermarkBigLast(t *testing.T) {
 	src, dst, state := trees(t, "")
-	linked(t, src, bigChunk, "l%05d")
+	linked(t, src, 2*maxLinkTask, "l%05d")
 	tab, p, _ := buildPlan(t, src, state)
 	fi, _ := os.Stat(p)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	c, _ := New(sfd, dfd, tab, Options{Jobs: 2})
-	var last int64
-	err := c.CopyPlan(p, 0, nil, func(off int64) error { last = off; return nil }, 0)
-	t.Logf("CopyPlan: %v; final watermark %d, plan size %d", err, last, fi.Size())
-	if last != fi.Size() {
-		t.Errorf("final watermark %d != plan size %d", last, fi.Size())
+	var last Marks
+	err := c.Copy(p, p+".links", Marks{}, nil, func(m Marks) error { last = m; return nil }, 0)
+	t.Logf("Copy: %v; final marks %+v, plan size %d", err, last, fi.Size())
+	li, _ := os.Stat(p + ".links")
+	if last.Plan != fi.Size() || last.Groups != 1 || last.Links != li.Size() {
+		t.Errorf("final marks %+v, want plan size %d, 1 group, link file size %d", last, fi.Size(), li.Size())
 	}
 }
 
 // TestEmlinkSplits: one inode with 140,000 links, from tmpfs (no link
-// limit) to ext4 (65,000): the streamed chunks of the group share the new
-// copy made when the inode is full, so the group is split once into three
-// inodes, not once per chunk.
+// limit) to ext4 (65,000): the link tasks of the group, on two workers,
+// share the new copy made when the inode is full, so the group is split
+// once into three inodes, not once per task.
 func TestEmlinkSplits(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: makes 140,000 links")
@@ -177,8 +200,8 @@ func TestEmlinkSplits(t *testing.T) {
 	tab, p, _ := buildPlan(t, src, state)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	c, _ := New(sfd, dfd, tab, Options{Jobs: 2})
-	err = c.CopyPlan(p, 0, nil, nil, 0)
-	t.Logf("CopyPlan: %v; split groups %d, extra copies %d, errors %d, paths %d", err, c.Stats.SplitGroups.Load(), c.Stats.ExtraCopies.Load(), c.Stats.Errors.Load(), c.Stats.Paths.Load())
+	err = c.Copy(p, p+".links", Marks{}, nil, nil, 0)
+	t.Logf("Copy: %v; split groups %d, extra copies %d, errors %d, paths %d", err, c.Stats.SplitGroups.Load(), c.Stats.ExtraCopies.Load(), c.Stats.Errors.Load(), c.Stats.Paths.Load())
 	if c.Stats.SplitGroups.Load() != 1 || c.Stats.ExtraCopies.Load() != 2 {
 		t.Errorf("one group of %d links should need 2 extra copies and count 1 split", n)
 	}
@@ -194,5 +217,78 @@ func TestEmlinkSplits(t *testing.T) {
 	}
 	if len(ents) != n || len(inodes) != 3 {
 		t.Errorf("DST has %d paths on %d inodes, want %d paths on 3", len(ents), len(inodes), n)
+	}
+}
+
+// TestLinksOfFailedCreate: when a group's inode cannot be created (its
+// source vanished), a file an earlier run left at its first path is
+// removed, and each of its links is reported, not linked to that stale
+// file.
+func TestLinksOfFailedCreate(t *testing.T) {
+	src, dst, state := trees(t, "")
+	linked(t, src, 4, "l%d")
+	os.WriteFile(filepath.Join(src, "z"), []byte("other"), 0o644)
+	tab, p, _ := buildPlan(t, src, state)
+	os.Remove(filepath.Join(src, "a"))
+	os.WriteFile(filepath.Join(dst, "a"), []byte("stale"), 0o644)
+	sfd, dfd := openRoot(t, src), openRoot(t, dst)
+	var errs []string
+	c, _ := New(sfd, dfd, tab, Options{Jobs: 2, OnError: func(rel string, err error) { errs = append(errs, rel+": "+err.Error()) }})
+	if err := c.Copy(p, p+".links", Marks{}, nil, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(errs)
+	t.Logf("errors: %q", errs)
+	if len(errs) != 4 || !bytes.Contains([]byte(errs[0]), []byte("vanished")) || !bytes.Contains([]byte(errs[1]), []byte("not linked to a")) {
+		t.Errorf("want 1 vanished + 3 not linked, got %q", errs)
+	}
+	for _, n := range []string{"a", "l1", "l2", "l3"} {
+		if _, err := os.Lstat(filepath.Join(dst, n)); err == nil {
+			t.Errorf("%s exists in DST", n)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "z")); string(b) != "other" {
+		t.Errorf("z = %q", b)
+	}
+}
+
+// TestLinkWatermarkAfterStop: a stop in the middle of the link file; every
+// link below the final watermark exists.
+func TestLinkWatermarkAfterStop(t *testing.T) {
+	src, dst, state := trees(t, "")
+	linked(t, src, 3*maxLinkTask, "l%05d")
+	tab, p, _ := buildPlan(t, src, state)
+	sfd, dfd := openRoot(t, src), openRoot(t, dst)
+	c, _ := New(sfd, dfd, tab, Options{Jobs: 1}) // tasks in order: the first one is done when the stop comes
+	ctr := new(progress.Counters)
+	go func() {
+		for ctr.Paths.Load() < maxLinkTask+100 {
+			time.Sleep(50 * time.Microsecond)
+		}
+		c.Stop(fmt.Errorf("interrupted"))
+	}()
+	var last int64
+	err := c.Copy(p, p+".links", Marks{}, ctr, func(m Marks) error { last = m.Links; return nil }, 0)
+	t.Logf("Copy: %v; final link mark %d, %d paths made", err, last, ctr.Paths.Load())
+	if err == nil {
+		t.Fatal("the stop was not seen")
+	}
+	r, _ := plan.OpenReader(p+".links", 0)
+	defer r.Close()
+	var l plan.Link
+	n := 0
+	for r.Offset() < last {
+		rec, err := r.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan.DecodeLink(rec, &l)
+		if _, err := os.Lstat(filepath.Join(dst, string(l.Name))); err != nil {
+			t.Fatalf("link %s below the watermark is missing", l.Name)
+		}
+		n++
+	}
+	if n == 0 || n == 3*maxLinkTask-1 {
+		t.Errorf("%d links below the watermark: the stop should land inside the file", n)
 	}
 }

@@ -2,6 +2,8 @@ package fsx
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,15 +163,51 @@ func (c *DirCache) Close() {
 }
 
 // DirCacheSize is a capacity for one of n directory caches of a process:
-// a share of the open-file limit (which Go raises to the hard limit), kept
-// between 256 and 65536 fds.
+// a share of the open-file limit (which Go raises to the hard limit, and
+// RaiseFileLimit beyond it for root), kept between 256 and 262144 fds.
 func DirCacheSize(n int) int {
 	var r unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err != nil {
 		return 1024
 	}
 	c := (int64(r.Cur) - 512) / int64(2*n)
-	return int(min(max(c, 256), 65536))
+	return int(min(max(c, 256), 1<<18))
+}
+
+// RaiseFileLimit raises the open-file limit to want fds when the hard
+// limit allows it or the process may raise the hard limit (root, up to
+// fs.nr_open). A directory cache that holds every directory of the tree
+// opens each one once; one that is too small reopens them over and over
+// (a tree walked in inode order, or in chunks, visits its directories
+// many times). It returns the limit in force.
+func RaiseFileLimit(want uint64) uint64 {
+	var r unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err != nil {
+		return 0
+	}
+	if r.Cur >= want {
+		return r.Cur
+	}
+	if want > r.Max {
+		max := want
+		if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+			if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && n < max {
+				max = n
+			}
+		}
+		if max > r.Max {
+			nr := unix.Rlimit{Cur: max, Max: max}
+			if unix.Setrlimit(unix.RLIMIT_NOFILE, &nr) == nil {
+				return max
+			}
+		}
+		want = r.Max
+	}
+	nr := unix.Rlimit{Cur: want, Max: r.Max}
+	if unix.Setrlimit(unix.RLIMIT_NOFILE, &nr) == nil {
+		return want
+	}
+	return r.Cur
 }
 
 var noOpenat2 atomic.Bool

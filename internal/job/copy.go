@@ -493,6 +493,9 @@ func (r *runner) phases() error {
 	if _, err := dirs.Load(r.o.Memory / 8); err != nil {
 		return fmt.Errorf("load directory table: %w", err)
 	}
+	// Room for a directory cache per side that holds every directory
+	// (see fsx.RaiseFileLimit), where the limits allow.
+	fsx.RaiseFileLimit(min(4*uint64(dirs.Len())+1024, 1<<20)) // DirCacheSize gives each of 2 caches a quarter
 	r.cp, err = copier.New(r.srcFd, r.dstFd, dirs, copier.Options{
 		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries, SrcDevMap: r.srcDevMap,
 		NoPrefetch: os.Getenv("HLCP_NO_PREFETCH") != "", // for A/B measurements
@@ -672,7 +675,7 @@ func (r *runner) sortPhase() error {
 		return fmt.Errorf("sort directories: %w (the scan files may be damaged: rerun with --restart)", err)
 	}
 	dt.Close()
-	ps, err := plan.Build(abs(j.EntryRuns), tmp, j.Path("plan"), mem, func(n int64) { ctr.Done.Store(n) })
+	ps, err := plan.Build(abs(j.EntryRuns), tmp, j.Path("plan"), j.Path("links"), mem, func(n int64) { ctr.Done.Store(n) })
 	if err != nil {
 		return fmt.Errorf("sort entries: %w (the scan files may be damaged: rerun with --restart)", err)
 	}
@@ -703,22 +706,24 @@ func (r *runner) planPhase(name string, mark int64) *progress.Counters {
 
 func (r *runner) copyPhase() error {
 	j := r.j
-	ctr := r.planPhase("copy", j.Watermark)
-	ckpt := func(off int64) error {
-		if off == j.Watermark {
+	ctr := r.rep.Phase("copy", "inodes", "paths")
+	ctr.Total.Store(r.sum.Plan.Groups)
+	ctr.Done.Store(j.GroupsBelow)
+	ckpt := func(m copier.Marks) error {
+		if m.Plan == j.Watermark && m.Links == j.LinkMark {
 			return nil
 		}
 		if err := r.syncDst(); err != nil {
 			return err
 		}
-		j.Watermark = off
+		j.Watermark, j.GroupsBelow, j.LinkMark = m.Plan, m.Groups, m.Links
 		j.GroupsDone = r.cp.Stats.Groups.Load()
 		j.PathsDone = r.cp.Stats.Paths.Load()
 		j.BytesDone = r.cp.Stats.Bytes.Load()
 		return r.save()
 	}
-	err := r.cp.CopyPlan(j.Path("plan"), j.Watermark, ctr, ckpt, r.o.CheckpointEvery)
-	if err != nil {
+	from := copier.Marks{Plan: j.Watermark, Groups: j.GroupsBelow, Links: j.LinkMark}
+	if err := r.cp.Copy(j.Path("plan"), j.Path("links"), from, ctr, ckpt, r.o.CheckpointEvery); err != nil {
 		return err
 	}
 	r.rep.End()

@@ -75,7 +75,7 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	}
 	switch {
 	case j.Phase == journal.PhaseCopy:
-		s.Fraction = planShare(j, j.Watermark)
+		s.Fraction = copyShare(j)
 	case j.Phase == journal.PhaseRemove && !j.FilesGone:
 		s.Fraction = planShare(j, j.RemoveMark)
 	case j.Phase == journal.PhaseFinish && j.Dirs > 0:
@@ -139,7 +139,24 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 // planShare is how far the plan offset off is into the job's plan file
 // (0 when the plan cannot be read).
 func planShare(j *journal.Journal, off int64) float64 {
-	if fi, err := os.Stat(j.Path("plan")); err == nil && fi.Size() > 0 {
+	return fileShare(j.Path("plan"), off)
+}
+
+// copyShare is how far the copy's marks are into the plan and link files
+// together (0 when they cannot be read).
+func copyShare(j *journal.Journal) float64 {
+	p, errP := os.Stat(j.Path("plan"))
+	l, errL := os.Stat(j.Path("links"))
+	if errP != nil || errL != nil || p.Size()+l.Size() == 0 {
+		return 0
+	}
+	return float64(j.Watermark+j.LinkMark) / float64(p.Size()+l.Size())
+}
+
+// fileShare is how far offset off is into the file at path (0 when it
+// cannot be read).
+func fileShare(path string, off int64) float64 {
+	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
 		return float64(off) / float64(fi.Size())
 	}
 	return 0

@@ -21,7 +21,7 @@ const (
 	PhaseScan   = "scan"   // scanning the source; restarts from scratch
 	PhaseSort   = "sort"   // scan done, runs listed; merging into the plan
 	PhaseMkdir  = "mkdir"  // plan done; creating the directory skeleton
-	PhaseCopy   = "copy"   // copying groups from Watermark on
+	PhaseCopy   = "copy"   // creating each group's inode from Watermark on, and its links from LinkMark on
 	PhaseFinish = "finish" // directory metadata, deepest first, below FinishBelow
 	PhaseRemove = "remove" // move: removing source paths below RemoveMark
 	PhaseDone   = "done"
@@ -64,10 +64,12 @@ type State struct {
 
 	// Progress marks.
 	DirsMade    uint32 `json:"dirs_made"`     // ids below are created
-	Watermark   int64  `json:"watermark"`     // plan offset below which all groups are done
+	Watermark   int64  `json:"watermark"`     // plan offset below which every group's inode is created
+	GroupsBelow int64  `json:"groups_below"`  // groups below the watermark
 	GroupsDone  int64  `json:"groups_done"`   // informative: done when the watermark was saved (workers run ahead of it)
 	PathsDone   int64  `json:"paths_done"`    // informative
 	BytesDone   int64  `json:"bytes_done"`    // informative
+	LinkMark    int64  `json:"link_mark"`     // link file offset below which all links are made
 	FinishBelow uint32 `json:"finish_below"`  // finish: ids >= this are done
 	RemoveMark  int64  `json:"remove_mark"`   // move: plan offset below which sources are removed
 	RemoveDirs  uint32 `json:"remove_dirs"`   // move: directory ids >= this are handled

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"hlcp/internal/extsort"
 )
@@ -15,15 +16,39 @@ type Stats struct {
 	Groups     int64 `json:"groups"`      // distinct (dev, ino): inodes to create
 	LinkGroups int64 `json:"link_groups"` // groups with more than one path
 	MaxLinks   int64 `json:"max_links"`   // paths in the largest group
+	Links      int64 `json:"links"`       // paths after the first of their group: the link file's records
 	// Inodes by type (index: DT_* value).
 	ByType [16]int64 `json:"by_type"`
 }
 
-// Build merges the sorted entry runs into the plan file at path (written to
-// a temporary name, fsynced, then renamed) and returns its statistics.
-// progress, if not nil, gets the number of records written so far.
-func Build(runs []string, tmpDir, path string, memBytes int, progress func(int64)) (Stats, error) {
+// Build merges the sorted entry runs into the plan file at path and the
+// link file at linksPath (each written to a temporary name, fsynced, then
+// renamed; the link file first) and returns their statistics. It uses about
+// 2*memBytes: the merge of the entries, and the sort of the links (every
+// path after the first of its group, as a Link record, sorted by
+// destination directory). progress, if not nil, gets the number of records
+// written so far.
+func Build(runs []string, tmpDir, path, linksPath string, memBytes int, progress func(int64)) (Stats, error) {
 	var st Stats
+	ldir := filepath.Join(tmpDir, "linkruns")
+	os.RemoveAll(ldir)
+	if err := os.Mkdir(ldir, 0o700); err != nil {
+		return st, err
+	}
+	defer os.RemoveAll(ldir)
+	links := extsort.New(ldir, memBytes, false)
+	var (
+		first  Entry // the current group's first path
+		fname  []byte
+		lrec   []byte
+		lbatch [][]byte
+		lbuf   []byte
+	)
+	flushLinks := func() error {
+		err := links.AddBatch(lbatch)
+		lbatch, lbuf = lbatch[:0], lbuf[:0]
+		return err
+	}
 	tmp := path + ".tmp"
 	f, err := os.Create(tmp)
 	if err != nil {
@@ -67,6 +92,25 @@ func Build(runs []string, tmpDir, path string, memBytes int, progress func(int64
 			st.ByType[rec[20]&15]++
 			cur = 0
 			prev = append(prev[:0], rec...)
+			first, _ = DecodeEntry(prev)
+			fname = append(fname[:0], first.Name...)
+		} else {
+			e, _ := DecodeEntry(rec)
+			l := Link{Chunk: uint32((st.Groups - 1) / ChunkGroups), Dir: e.Dir, Name: e.Name, TDir: first.Dir, TName: fname, Dev: e.Dev, Ino: e.Ino, Type: e.Type}
+			lrec = AppendLink(lrec[:0], &l)
+			if len(lbuf)+len(lrec) > cap(lbuf) {
+				if err := flushLinks(); err != nil {
+					wait()
+					return st, fmt.Errorf("sort links: %w", err)
+				}
+				if cap(lbuf) == 0 {
+					lbuf = make([]byte, 0, 256<<10)
+				}
+			}
+			start := len(lbuf)
+			lbuf = append(lbuf, lrec...)
+			lbatch = append(lbatch, lbuf[start:len(lbuf):len(lbuf)])
+			st.Links++
 		}
 		cur++
 		frame = extsort.AppendFrame(frame[:0], rec)
@@ -84,6 +128,16 @@ func Build(runs []string, tmpDir, path string, memBytes int, progress func(int64
 	if err := bw.Flush(); err != nil {
 		return st, err
 	}
+	if err := flushLinks(); err != nil {
+		return st, fmt.Errorf("sort links: %w", err)
+	}
+	lruns, _, _, err := links.Finish()
+	if err != nil {
+		return st, fmt.Errorf("sort links: %w", err)
+	}
+	if err := writeSorted(lruns, ldir, linksPath, memBytes); err != nil {
+		return st, fmt.Errorf("merge links: %w", err)
+	}
 	if err := f.Sync(); err != nil {
 		return st, err
 	}
@@ -91,6 +145,27 @@ func Build(runs []string, tmpDir, path string, memBytes int, progress func(int64
 		return st, err
 	}
 	return st, os.Rename(tmp, path)
+}
+
+// writeSorted merges runs into a new file at path (through a temporary
+// name, fsynced).
+func writeSorted(runs []string, tmpDir, path string, memBytes int) error {
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := extsort.Merge(runs, tmpDir, memBytes, f, nil); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // Reader reads a plan file's entries from a given offset.

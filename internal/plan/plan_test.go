@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -160,11 +161,11 @@ func TestBuildPlan(t *testing.T) {
 	}
 	runs, _, _, _ := s.Finish()
 	path := filepath.Join(dir, "plan")
-	st, err := Build(runs, dir, path, 1<<20, nil)
+	st, err := Build(runs, dir, path, filepath.Join(dir, "links"), 1<<20, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Paths != int64(paths) || st.Groups != 1000 || st.LinkGroups != 800 || st.MaxLinks != 5 || st.ByType[8] != 1000 {
+	if st.Paths != int64(paths) || st.Groups != 1000 || st.LinkGroups != 800 || st.MaxLinks != 5 || st.ByType[8] != 1000 || st.Links != int64(paths-1000) {
 		t.Errorf("stats %+v", st)
 	}
 	r, err := OpenReader(path, 0)
@@ -201,4 +202,107 @@ func TestBuildPlan(t *testing.T) {
 	if fi, _ := os.Stat(path + ".tmp"); fi != nil {
 		t.Error("temporary plan left behind")
 	}
+}
+
+// TestBuildLinks: the link file has one record per path after the first of
+// its group, linked to that first path, sorted by destination directory;
+// names of every length survive the encoding.
+func TestBuildLinks(t *testing.T) {
+	dir := t.TempDir()
+	s := extsort.New(dir, 1<<20, false)
+	type key struct {
+		dir  uint32
+		name string
+	}
+	first := map[uint64]key{}
+	want := map[key]key{}
+	for i := 0; i < 3000; i++ {
+		ino := uint64(7919*i%3001 + 1)
+		n := i%7 + 1
+		for k := 0; k < n; k++ {
+			name := fmt.Sprintf("f%d-%d-%s", i, k, bytes.Repeat([]byte{'x'}, (i*31+k)%300))
+			d := uint32((i*13 + k*101) % 97)
+			s.Add(AppendEntry(nil, 3, ino, d, 8, []byte(name)))
+			// The sort order within a group is (dir, type, name).
+			kk := key{d, name}
+			if f, ok := first[ino]; !ok || f.dir > d || f.dir == d && f.name > name {
+				first[ino] = kk
+			}
+			want[kk] = key{}
+		}
+	}
+	runs, _, _, _ := s.Finish()
+	var inos []uint64
+	for ino := range first {
+		inos = append(inos, ino)
+	}
+	slices.Sort(inos)
+	lpath := filepath.Join(dir, "links")
+	st, err := Build(runs, dir, filepath.Join(dir, "plan"), lpath, 64<<10, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenReader(lpath, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var l Link
+	var prev []byte
+	n := int64(0)
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prev != nil && bytes.Compare(prev, rec) > 0 {
+			t.Fatalf("link file not sorted at record %d", n)
+		}
+		prev = append(prev[:0], rec...)
+		if err := DecodeLink(rec, &l); err != nil {
+			t.Fatal(err)
+		}
+		if ch, d := LinkKey(rec); d != l.Dir || ch != l.Chunk {
+			t.Fatalf("LinkKey %d, %d != %d, %d", ch, d, l.Chunk, l.Dir)
+		}
+		k := key{l.Dir, string(l.Name)}
+		if _, ok := want[k]; !ok {
+			t.Fatalf("link to unknown path %v", k)
+		}
+		if f := first[l.Ino]; f != (key{l.TDir, string(l.TName)}) || l.Dev != 3 || l.Type != 8 {
+			t.Fatalf("link %v targets %d/%q (ino %d), want first path %v", k, l.TDir, l.TName, l.Ino, f)
+		}
+		if want := uint32(slices.Index(inos, l.Ino) / ChunkGroups); l.Chunk != want {
+			t.Fatalf("link of inode %d in chunk %d, want %d", l.Ino, l.Chunk, want)
+		}
+		if k == first[l.Ino] {
+			t.Fatalf("first path %v has a link record", k)
+		}
+		n++
+	}
+	if n != st.Links || n != int64(len(want)-len(first)) {
+		t.Errorf("%d link records, stats %d, want %d", n, st.Links, len(want)-len(first))
+	}
+}
+
+func FuzzDecodeLink(f *testing.F) {
+	f.Add(AppendLink(nil, &Link{Chunk: 5, Dir: 1, Name: []byte("a"), TDir: 2, TName: []byte("b"), Dev: 3, Ino: 4, Type: 8}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, rec []byte) {
+		var l Link
+		if DecodeLink(rec, &l) != nil {
+			return
+		}
+		if len(l.TName) == 0 || len(l.Name) == 0 {
+			t.Fatalf("decoded an empty name from %x", rec)
+		}
+		var l2 Link
+		if err := DecodeLink(AppendLink(nil, &l), &l2); err != nil || l2.Chunk != l.Chunk || l2.Dir != l.Dir || l2.TDir != l.TDir || l2.Dev != l.Dev || l2.Ino != l.Ino ||
+			l2.Type != l.Type || !bytes.Equal(l2.Name, l.Name) || !bytes.Equal(l2.TName, l.TName) {
+			t.Fatalf("round trip of %x: %v, %+v != %+v", rec, err, l2, l)
+		}
+	})
 }
