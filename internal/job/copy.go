@@ -607,8 +607,8 @@ func (r *runner) scanPhase() error {
 			return err
 		}
 	}
-	ents := extsort.New(filepath.Join(sdir, "e"), int(r.o.Memory/2), true)
-	dirs := extsort.New(filepath.Join(sdir, "d"), int(r.o.Memory/16), true)
+	ents := extsort.New(filepath.Join(sdir, "e"), int(r.o.Memory/8), true)
+	dirs := extsort.New(filepath.Join(sdir, "d"), int(r.o.Memory/32), true)
 	var exclude [][2]uint64
 	for _, p := range []string{r.o.Dst, j.Dir} {
 		var xs unix.Stat_t
@@ -669,7 +669,7 @@ func (r *runner) sortPhase() error {
 	}
 	ctr := r.rep.Phase("sort", "records", "")
 	ctr.Total.Store(r.sum.Scan.Entries)
-	mem := int(r.o.Memory / 4)
+	mem := int(r.o.Memory / 8)
 	dt, err := plan.BuildDirTable(abs(j.DirRuns), tmp, j.Path("dirs"), mem)
 	if err != nil {
 		return fmt.Errorf("sort directories: %w (the scan files may be damaged: rerun with --restart)", err)
