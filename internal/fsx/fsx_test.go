@@ -328,3 +328,28 @@ func TestDirCache(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestRaiseFileLimit: a wish below the soft limit changes nothing; one
+// above it gets as far as the hard limit (or past it, with the privilege
+// to raise it), never less than before; the caches are sized from what is
+// in force.
+func TestRaiseFileLimit(t *testing.T) {
+	var before unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &before); err != nil {
+		t.Skip(err)
+	}
+	if got := RaiseFileLimit(before.Cur / 2); got != before.Cur {
+		t.Errorf("RaiseFileLimit(%d) = %d, want the soft limit %d unchanged", before.Cur/2, got, before.Cur)
+	}
+	want := before.Max + 1000
+	got := RaiseFileLimit(want)
+	var after unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &after)
+	t.Logf("limit before %d/%d, asked %d, got %d, now %d/%d", before.Cur, before.Max, want, got, after.Cur, after.Max)
+	if got != after.Cur || after.Cur < before.Cur || after.Cur < min(want, before.Max) {
+		t.Errorf("got %d, limit now %d/%d (was %d/%d)", got, after.Cur, after.Max, before.Cur, before.Max)
+	}
+	if n := DirCacheSize(2); n < 256 || int64(n) > (int64(after.Cur)-512)/4+256 {
+		t.Errorf("DirCacheSize(2) = %d with a limit of %d", n, after.Cur)
+	}
+}
