@@ -186,9 +186,15 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 	free := make(chan *task, 4*c.opt.Jobs)
 	ct := newTracker(from.Plan, from.Groups)
 	lt := newTracker(from.Links, 0)
+	// The link mark is read before the create mark: a link below it was
+	// sent only once its chunk's inodes were below the create watermark,
+	// which only grows, so the create mark read after it covers them. Read
+	// the other way round, a link completing in between could be recorded
+	// as done while its inode's create is not, and a resume would recreate
+	// that inode under the links already made to the old one.
 	marks := func() Marks {
-		off, groups := ct.get()
 		loff, _ := lt.get()
+		off, groups := ct.get()
 		return Marks{Plan: off, Groups: groups, Links: loff}
 	}
 	var wg sync.WaitGroup
