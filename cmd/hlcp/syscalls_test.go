@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,15 +12,17 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hlcp/internal/fsx"
 	"hlcp/internal/testutil"
 )
 
 // straceCounts runs hlcp under strace -f -c and returns the number of calls
 // per syscall name.
-func straceCounts(t *testing.T, args ...string) map[string]int64 {
+func straceCounts(t *testing.T, env []string, args ...string) map[string]int64 {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "strace.txt")
 	cmd := exec.Command("strace", append([]string{"-f", "-c", "-o", out, hlcpBin}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("strace hlcp %v: %v\n%s", args, err, b)
 	}
@@ -48,7 +51,8 @@ func straceCounts(t *testing.T, args ...string) map[string]int64 {
 // names, types and inode numbers come from getdents), each inode stat'ed
 // about once (twice for regular files: before and after the copy, to catch
 // a file that changed meanwhile), each regular file opened and its data
-// copied once however many paths it has, and one linkat per extra path.
+// copied once however many paths it has, and one linkat per extra path,
+// or, where the kernel has io_uring, one io_uring_enter per batch of links.
 func TestSyscallsPerInode(t *testing.T) {
 	if _, err := exec.LookPath("strace"); err != nil {
 		t.Skip("strace is not installed (CI installs it): skipping the syscall count test")
@@ -85,10 +89,31 @@ func TestSyscallsPerInode(t *testing.T) {
 	if links < 4*inodes {
 		t.Fatalf("the tree has too few links (%d for %d inodes) to tell per-path from per-inode work", links, inodes)
 	}
-	c := straceCounts(t, "copy", "-q", "-j", "2", src, filepath.Join(base, "dst"))
-	t.Logf("syscalls: %v", c)
+	ringOK := false
+	if r, err := fsx.NewRing(8); err == nil {
+		r.Close()
+		ringOK = true
+	}
+	for _, ring := range []bool{false, true} {
+		if ring && !ringOK {
+			t.Log("no io_uring here: links are made one linkat at a time")
+			continue
+		}
+		env := []string{"HLCP_NO_URING=1"}
+		if ring {
+			env = nil
+		}
+		dst := filepath.Join(base, fmt.Sprintf("dst-ring-%v", ring))
+		c := straceCounts(t, env, "copy", "-q", "-j", "2", src, dst)
+		checkSyscalls(t, c, ring, files, symlinks, dirs, links, inodes, inodes+links)
+		testutil.CompareTrees(t, src, dst, testutil.CompareOptions{})
+	}
+}
+
+func checkSyscalls(t *testing.T, c map[string]int64, ring bool, files, symlinks, dirs, links, inodes, nondir int64) {
+	t.Helper()
+	t.Logf("io_uring %v: syscalls: %v", ring, c)
 	stats := c["fstat"] + c["newfstatat"] + c["statx"] + c["lstat"] + c["stat"]
-	nondir := inodes + links
 	// Allowance: directories are stat'ed in the scan, the skeleton and the
 	// finish; a few dozen calls are the runtime's and the state's.
 	if max := 2*files + 2*symlinks + 4*dirs + 64; stats > max {
@@ -97,8 +122,14 @@ func TestSyscallsPerInode(t *testing.T) {
 	if stats >= nondir {
 		t.Errorf("%d stat calls for %d non-directory paths: that is per path, not per inode", stats, nondir)
 	}
-	if got := c["linkat"]; got != links {
-		t.Errorf("%d linkat calls, want one per extra path: %d", got, links)
+	if !ring {
+		if got := c["linkat"]; got != links {
+			t.Errorf("%d linkat calls, want one per extra path: %d", got, links)
+		}
+	} else if got, enter := c["linkat"], c["io_uring_enter"]; got > links/10 || enter == 0 || enter > links/16 {
+		// Batches are cut where a link task ends (a directory boundary
+		// once it holds 256 links), so they hold fewer than a ring's 256.
+		t.Errorf("%d linkat and %d io_uring_enter calls for %d extra paths: want batches of links", got, enter, links)
 	}
 	// Data moves once per regular inode: one copy call (or a few for large
 	// or sparse files), never once per path.

@@ -26,6 +26,7 @@ const (
 	minLinkTask   = 256
 	maxLinkTask   = 4096
 	maxLinkBytes  = 256 << 10
+	ringSize      = 256 // links per io_uring_enter
 )
 
 type task struct {
@@ -34,6 +35,7 @@ type task struct {
 	recs   [][]byte
 	buf    []byte
 	counts []int64 // create tasks: the paths of each record's group
+	fds    []int32 // create tasks: each record's source file opened by the prefetcher, or -1
 	links  bool    // recs are link records
 }
 
@@ -58,6 +60,7 @@ func (t *task) reset() {
 	t.recs = t.recs[:0]
 	t.buf = t.buf[:0]
 	t.counts = t.counts[:0]
+	t.fds = t.fds[:0]
 	t.endOff = -1
 }
 
@@ -182,8 +185,18 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 		ctr = new(progress.Counters)
 	}
 
+	if c.opt.Owner {
+		c.learnNewOwner()
+	}
+	// Two queues: the workers take link tasks first. Creates wait on the
+	// source disk (and the prefetcher keeps it busy ahead of them), links
+	// only on the CPU and the destination's journal; a link task waiting
+	// behind create tasks would leave the links of finished chunks to the
+	// end of the copy, after the data.
 	tasks := make(chan *task, 2*c.opt.Jobs)
-	free := make(chan *task, 4*c.opt.Jobs)
+	ltasks := make(chan *task, c.opt.Jobs)
+	free := make(chan *task, 4*c.opt.Jobs+prefetchQueue+prefetchWorkers)
+	pf := c.newPrefetcher(tasks)
 	ct := newTracker(from.Plan, from.Groups)
 	lt := newTracker(from.Links, 0)
 	// The link mark is read before the create mark: a link below it was
@@ -202,8 +215,23 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := &worker{c: c, ctr: ctr, data: fsx.DataCopier{Caps: c.caps}}
-			for t := range tasks {
+			w := &worker{c: c, ctr: ctr, data: fsx.DataCopier{Caps: c.caps, NoDirect: c.opt.NoDirect}, pf: pf}
+			if !c.opt.NoRing {
+				if r, err := fsx.NewRing(ringSize); err == nil {
+					w.ring = r
+				}
+			}
+			defer func() {
+				if w.ring != nil {
+					w.ring.Close()
+				}
+			}()
+			lq, cq := ltasks, tasks
+			for {
+				t := nextTask(&lq, &cq)
+				if t == nil {
+					break
+				}
 				tr := ct
 				if t.links {
 					tr = lt
@@ -277,8 +305,6 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 	dispatchers.Add(1)
 	go func() {
 		defer dispatchers.Done()
-		pf := c.newPrefetcher(planPath, from.Plan)
-		defer pf.close()
 		var seq int64
 		cur := newTask(false, &seq)
 		var prev []byte
@@ -300,22 +326,26 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 			// A new group starts: the task so far ends at a group boundary.
 			if len(cur.recs) >= maxCreateRecs || len(cur.buf) >= maxTaskBytes {
 				cur.endOff = off
-				tasks <- cur
+				pf.in <- cur
 				cur = newTask(false, &seq)
 			}
 			prev = append(prev[:0], rec...)
-			pf.advance()
 			cur.add(rec)
 			cur.counts = append(cur.counts, 1)
+			cur.fds = append(cur.fds, -1)
 		}
 		if c.Fatal() == nil {
 			cur.endOff = pr.Offset()
 		}
 		// Sent even when empty: its end offset is the end of the plan.
 		if len(cur.recs) > 0 || cur.endOff >= 0 {
-			tasks <- cur
+			pf.in <- cur
 		} else {
 			seq-- // not sent
+		}
+		if pf.in != tasks {
+			close(pf.in)
+			pf.wait()
 		}
 		ct.close(seq)
 	}()
@@ -351,7 +381,7 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 		if int64(chunk) > readyChunk {
 			if len(cur.recs) > 0 {
 				cur.endOff = off
-				tasks <- cur
+				ltasks <- cur
 				cur = newTask(true, &lseq)
 			}
 			if !ready(chunk) {
@@ -360,7 +390,7 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 			readyChunk = int64(chunk)
 		} else if len(cur.recs) >= maxLinkTask || len(cur.buf) >= maxLinkBytes || (d != dir && len(cur.recs) >= minLinkTask) {
 			cur.endOff = off
-			tasks <- cur
+			ltasks <- cur
 			cur = newTask(true, &lseq)
 		}
 		dir = d
@@ -370,8 +400,9 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 		cur.endOff = lr.Offset()
 	}
 	if len(cur.recs) > 0 || cur.endOff >= 0 {
-		tasks <- cur
+		ltasks <- cur
 	}
+	close(ltasks)
 	dispatchers.Wait()
 	close(tasks)
 	wg.Wait()
@@ -395,25 +426,79 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 	return nil
 }
 
+// nextTask takes the next task: a link task if one is waiting, else
+// whichever comes first. A closed queue is set to nil; nil means both are
+// closed and empty.
+func nextTask(lq, cq *chan *task) *task {
+	for *lq != nil || *cq != nil {
+		if *lq != nil {
+			select {
+			case t, ok := <-*lq:
+				if ok {
+					return t
+				}
+				*lq = nil
+				continue
+			default:
+			}
+		}
+		select {
+		case t, ok := <-*lq:
+			if ok {
+				return t
+			}
+			*lq = nil
+		case t, ok := <-*cq:
+			if ok {
+				return t
+			}
+			*cq = nil
+		}
+	}
+	return nil
+}
+
 type worker struct {
 	c    *Copier
 	ctr  *progress.Counters
+	pf   *prefetcher
 	data fsx.DataCopier
 	x    fsx.Xattrs
 	lbuf []byte
+	// ring batches the links (nil: one linkat per link).
+	ring  *fsx.Ring
+	links []plan.Link
+	lops  []fsx.LinkOp
 }
 
 // createTask creates the inode of each group of a create task at its
 // first path.
 func (w *worker) createTask(t *task) {
 	c := w.c
+	n := 0
+	for _, fd := range t.fds {
+		if fd >= 0 {
+			n++
+		}
+	}
+	w.pf.taken(n)
+	defer func() { // the prefetched files of records not reached
+		for i, fd := range t.fds {
+			if fd >= 0 {
+				unix.Close(int(fd))
+				t.fds[i] = -1
+			}
+		}
+	}()
 	for i, rec := range t.recs {
 		e, err := plan.DecodeEntry(rec)
 		if err != nil {
 			c.setFatal(err)
 			return
 		}
-		if ls := w.create(e, e.Dir, e.Name); ls != nil {
+		sfd := int(t.fds[i])
+		t.fds[i] = -1 // create closes it
+		if ls := w.create(e, e.Dir, e.Name, sfd); ls != nil {
 			c.Stats.Groups.Add(1)
 			w.ctr.Done.Add(1)
 			if ls.nlink > uint64(t.counts[i]) {
@@ -425,20 +510,107 @@ func (w *worker) createTask(t *task) {
 	}
 }
 
-// linkTask makes the links of a link task.
+// linkTask makes the links of a link task: in batches through the
+// worker's io_uring where there is one, else one linkat at a time.
 func (w *worker) linkTask(t *task) {
 	c := w.c
 	var l plan.Link
-	for _, rec := range t.recs {
+	for i := 0; i < len(t.recs); {
 		if c.Fatal() != nil {
 			return
 		}
-		if err := plan.DecodeLink(rec, &l); err != nil {
+		if w.ring != nil && !c.noLinks.Load() {
+			n, err := w.linkBatch(t.recs[i:])
+			if err != nil {
+				c.setFatal(err)
+				return
+			}
+			if n > 0 {
+				i += n
+				continue
+			}
+		}
+		if err := plan.DecodeLink(t.recs[i], &l); err != nil {
 			c.setFatal(err)
 			return
 		}
 		w.linkOne(&l)
+		i++
 	}
+}
+
+// linkBatch links up to a ring's worth of the records recs with one
+// io_uring_enter and returns how many records it took. A link that failed
+// in the batch (an existing path left by an interrupted run, a full inode,
+// a destination without hard links, a missing target) is made again by
+// linkOne, which handles each of those cases; so is the whole batch when
+// the ring turns out not to work (a kernel without IORING_OP_LINKAT
+// answers EINVAL), and the ring is then given up.
+func (w *worker) linkBatch(recs [][]byte) (int, error) {
+	c := w.c
+	n := min(len(recs), w.ring.Size())
+	w.links = w.links[:0]
+	w.lops = w.lops[:0]
+	defer func() {
+		for _, l := range w.links {
+			c.dstDirs.Release(l.TDir)
+			c.dstDirs.Release(l.Dir)
+		}
+	}()
+	for _, rec := range recs[:n] {
+		var l plan.Link
+		if err := plan.DecodeLink(rec, &l); err != nil {
+			return 0, err
+		}
+		sfd, err := c.dstDirs.Acquire(l.TDir)
+		if err != nil {
+			break // linkOne reports it
+		}
+		dfd, err := c.dstDirs.Acquire(l.Dir)
+		if err != nil {
+			c.dstDirs.Release(l.TDir)
+			break
+		}
+		w.links = append(w.links, l)
+		w.lops = append(w.lops, fsx.LinkOp{OldDir: sfd, OldName: l.TName, NewDir: dfd, NewName: l.Name})
+	}
+	if len(w.lops) == 0 {
+		return 0, nil
+	}
+	if err := w.ring.Linkat(w.lops); err != nil {
+		if !errors.Is(err, fsx.ErrNoRing) {
+			return 0, err
+		}
+		w.ring.Close()
+		w.ring = nil
+		return 0, nil
+	}
+	einval := 0
+	for i := range w.lops {
+		if errors.Is(w.lops[i].Err, unix.EINVAL) {
+			einval++
+		}
+	}
+	if einval == len(w.lops) {
+		// Not a linkat error: the kernel does not know the opcode.
+		w.ring.Close()
+		w.ring = nil
+		return 0, nil
+	}
+	for i := range w.lops {
+		if w.lops[i].Err == nil {
+			c.Stats.Paths.Add(1)
+			c.Stats.Links.Add(1)
+			c.Stats.RingLinks.Add(1)
+			w.ctr.Paths.Add(1)
+			continue
+		}
+		if c.Fatal() != nil {
+			break
+		}
+		w.linkOne(&w.links[i])
+	}
+	return len(w.lops), nil
 }
 
 // splitTarget returns the shared target of l's group once the group has
@@ -536,7 +708,7 @@ func (w *worker) moveTarget(tgt *linkTarget, full *linkSrc, e plan.Entry) bool {
 
 // extraCopy copies ls's source inode again to e's path.
 func (w *worker) extraCopy(ls *linkSrc, e plan.Entry) *linkSrc {
-	nls := w.create(ls.src, e.Dir, e.Name)
+	nls := w.create(ls.src, e.Dir, e.Name, -1)
 	if nls != nil {
 		w.c.Stats.ExtraCopies.Add(1)
 		w.c.Stats.ExtraBytes.Add(nls.size)
@@ -569,10 +741,14 @@ func (w *worker) link(ls *linkSrc, e plan.Entry) error {
 }
 
 // create makes a new destination inode at (dir, name) as a copy of the
-// source path src (whose scan gave its dev, ino and type). It returns nil
-// after reporting an error.
-func (w *worker) create(src plan.Entry, dir uint32, name []byte) *linkSrc {
+// source path src (whose scan gave its dev, ino and type). sfd is src
+// already open for reading, or -1; create closes it. It returns nil after
+// reporting an error.
+func (w *worker) create(src plan.Entry, dir uint32, name []byte, sfd int) *linkSrc {
 	c := w.c
+	if sfd >= 0 {
+		defer unix.Close(sfd)
+	}
 	spfd, err := c.srcDirs.Acquire(src.Dir)
 	if err != nil {
 		c.fail(src.Dir, src.Name, fmt.Errorf("open source directory: %w", err))
@@ -589,7 +765,7 @@ func (w *worker) create(src plan.Entry, dir uint32, name []byte) *linkSrc {
 	var st unix.Stat_t
 	switch src.Type {
 	case fsx.TypeReg:
-		err = w.copyFile(spfd, dpfd, src, string(name), &st)
+		err = w.copyFile(spfd, dpfd, sfd, src, string(name), &st)
 	case fsx.TypeLnk:
 		err = w.copySymlink(spfd, dpfd, src, string(name), &st)
 	case fsx.TypeFifo, fsx.TypeSock, fsx.TypeChr, fsx.TypeBlk:
@@ -647,39 +823,30 @@ func vanished(err error) error {
 
 // createFile makes name in dpfd exclusively, replacing what an interrupted
 // run left there.
-func createFile(dpfd int, name string) (int, error) {
+func createFile(dpfd int, name string, mode uint32) (int, error) {
 	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := unix.Openat(dpfd, name, flags, 0o600)
+	fd, err := unix.Openat(dpfd, name, flags, mode)
 	if errors.Is(err, unix.EEXIST) {
 		if err := unix.Unlinkat(dpfd, name, 0); err != nil {
 			return -1, fmt.Errorf("replace existing: %w", err)
 		}
-		fd, err = unix.Openat(dpfd, name, flags, 0o600)
+		fd, err = unix.Openat(dpfd, name, flags, mode)
 	}
 	return fd, err
 }
 
-func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.Stat_t) error {
+// copyFile copies the regular file src (open as sfd, which the caller
+// closes, or -1 to open it here) to name in dpfd.
+func (w *worker) copyFile(spfd, dpfd, sfd int, src plan.Entry, name string, st *unix.Stat_t) error {
 	c := w.c
-	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
-	sname := string(src.Name)
-	var sfd int
-	var err error
-	noAtime := !c.noAtime.Load()
-	if noAtime {
-		sfd, err = unix.Openat(spfd, sname, flags|unix.O_NOATIME, 0)
-		if errors.Is(err, unix.EPERM) {
-			c.noAtime.Store(true) // not the owner: no O_NOATIME from now on
-			noAtime = false
+	if sfd < 0 {
+		var err error
+		sfd, err = c.openSource(spfd, src.Name)
+		if err != nil {
+			return fmt.Errorf("open: %w", vanished(err))
 		}
+		defer unix.Close(sfd)
 	}
-	if !noAtime {
-		sfd, err = unix.Openat(spfd, sname, flags, 0)
-	}
-	if err != nil {
-		return fmt.Errorf("open: %w", vanished(err))
-	}
-	defer unix.Close(sfd)
 	if err := unix.Fstat(sfd, st); err != nil {
 		return fmt.Errorf("stat: %w", err)
 	}
@@ -689,7 +856,8 @@ func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.
 	var changed bool
 	first := *st // the state the scan-time identity check saw
 	for attempt := 0; ; attempt++ {
-		dfd, err := createFile(dpfd, name)
+		cmode, final := c.createMode(st.Mode)
+		dfd, err := createFile(dpfd, name, cmode)
 		if err != nil {
 			return fmt.Errorf("create: %w", err)
 		}
@@ -722,10 +890,12 @@ func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.
 			c.Stats.CopyRange.Add(1)
 		case fsx.MethodSendfile:
 			c.Stats.Sendfile.Add(1)
+		case fsx.MethodDirect:
+			c.Stats.Direct.Add(1)
 		case fsx.MethodReadWrite:
 			c.Stats.ReadWrite.Add(1)
 		}
-		w.setMeta(dfd, sfd, st, src)
+		w.setMeta(dfd, sfd, st, src, final)
 		if changed {
 			// The copy may mix two states of the file: it gets the times
 			// of the state before the copy, which the file no longer has,
@@ -746,12 +916,16 @@ func (w *worker) copyFile(spfd, dpfd int, src plan.Entry, name string, st *unix.
 
 // setMeta gives the open destination file dfd the owner, xattrs, mode and
 // times of the source (in that order: chown clears setuid bits and
-// security.capability, chmod must follow it, and times come last).
-func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry) {
+// security.capability, chmod must follow it, and times come last). The
+// chown is left out where the new file has the owner already, the chmod
+// where it was created with its final mode (modeSet).
+func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry, modeSet bool) {
 	c := w.c
 	if c.opt.Owner {
-		if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
-			c.metaFail(src.Dir, src.Name, "chown", err)
+		if !c.ownedAs(st.Uid, st.Gid) {
+			if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
+				c.metaFail(src.Dir, src.Name, "chown", err)
+			}
 		}
 	} else {
 		c.ownerWarn(st.Uid, st.Gid)
@@ -759,8 +933,10 @@ func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry) {
 	if err := w.x.CopyFd(sfd, dfd, c.xattrErr); err != nil {
 		c.fail(src.Dir, src.Name, err)
 	}
-	if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
-		c.metaFail(src.Dir, src.Name, "chmod", err)
+	if !modeSet {
+		if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
+			c.metaFail(src.Dir, src.Name, "chmod", err)
+		}
 	}
 	if err := futimens(dfd, []unix.Timespec{st.Atim, st.Mtim}); err != nil {
 		c.fail(src.Dir, src.Name, fmt.Errorf("set times: %w", err))
@@ -773,8 +949,10 @@ func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry) {
 func (w *worker) setMetaAt(spfd, dpfd int, name string, st *unix.Stat_t, src plan.Entry) {
 	c := w.c
 	if c.opt.Owner {
-		if err := unix.Fchownat(dpfd, name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			c.metaFail(src.Dir, src.Name, "chown", err)
+		if !c.ownedAs(st.Uid, st.Gid) {
+			if err := unix.Fchownat(dpfd, name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				c.metaFail(src.Dir, src.Name, "chown", err)
+			}
 		}
 	} else {
 		c.ownerWarn(st.Uid, st.Gid)

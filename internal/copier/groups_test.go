@@ -6,12 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/extsort"
+	"hlcp/internal/fsx"
 	"hlcp/internal/plan"
 	"hlcp/internal/progress"
 )
@@ -290,5 +292,65 @@ func TestLinkWatermarkAfterStop(t *testing.T) {
 	}
 	if n == 0 || n == 3*maxLinkTask-1 {
 		t.Errorf("%d links below the watermark: the stop should land inside the file", n)
+	}
+}
+
+// TestLinkModes: the same links with io_uring batches and with one linkat
+// each: a group larger than a ring, names left by an interrupted run
+// (replaced), and the links of a group whose inode could not be created
+// (reported one by one).
+func TestLinkModes(t *testing.T) {
+	for _, noRing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noRing=%v", noRing), func(t *testing.T) {
+			src, dst, state := trees(t, "")
+			const n = 3*ringSize + 7
+			linked(t, src, n, "l%04d")
+			os.WriteFile(filepath.Join(src, "v"), []byte("vanishes"), 0o644)
+			for i := 0; i < 5; i++ {
+				os.Link(filepath.Join(src, "v"), filepath.Join(src, fmt.Sprintf("v%d", i)))
+			}
+			tab, p, _ := buildPlan(t, src, state)
+			os.Remove(filepath.Join(src, "v"))
+			for _, left := range []string{"l0001", "l0300", "l0700"} {
+				os.WriteFile(filepath.Join(dst, left), []byte("left by an earlier run"), 0o644)
+			}
+			sfd, dfd := openRoot(t, src), openRoot(t, dst)
+			var mu sync.Mutex
+			var errs []string
+			c, _ := New(sfd, dfd, tab, Options{Jobs: 3, NoRing: noRing, OnError: func(rel string, err error) {
+				mu.Lock()
+				errs = append(errs, rel)
+				mu.Unlock()
+			}})
+			if err := c.Copy(p, p+".links", Marks{}, nil, nil, 0); err != nil {
+				t.Fatal(err)
+			}
+			sort.Strings(errs)
+			if fmt.Sprint(errs) != "[v v0 v1 v2 v3 v4]" {
+				t.Errorf("errors for %q, want v and its 5 links", errs)
+			}
+			var a unix.Stat_t
+			unix.Lstat(filepath.Join(dst, "a"), &a)
+			if a.Nlink != n || c.Stats.Links.Load() != n-1 {
+				t.Errorf("a has %d links, %d made; want %d", a.Nlink, c.Stats.Links.Load(), n)
+			}
+			ring := c.Stats.RingLinks.Load()
+			t.Logf("%d links, %d of them through io_uring", c.Stats.Links.Load(), ring)
+			if r, err := fsx.NewRing(8); err == nil {
+				r.Close()
+				if !noRing && ring < n-10 {
+					t.Errorf("only %d links through io_uring", ring)
+				}
+			}
+			if noRing && ring != 0 {
+				t.Errorf("%d links through io_uring with NoRing", ring)
+			}
+			for i := 1; i < n; i++ {
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(dst, fmt.Sprintf("l%04d", i)), &st); err != nil || st.Ino != a.Ino {
+					t.Fatalf("l%04d: %v, inode %d, want %d", i, err, st.Ino, a.Ino)
+				}
+			}
+		})
 	}
 }

@@ -1,8 +1,8 @@
 package copier
 
 import (
-	"io"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -12,124 +12,117 @@ import (
 
 // The copy reads each source file once, in inode order, but a worker
 // reads one file at a time and waits for the disk on each: on a cold
-// cache the workers alone keep only a few reads in flight. The prefetcher
-// reads the plan on its own, up to prefetchWindow groups ahead of the
-// copy, and asks the kernel to read each group's first file in the
-// background (posix_fadvise WILLNEED). The disk then sees a deep queue of
-// reads in nearly the order of the data on it, and the workers find the
-// data (and the inodes) in the page cache.
+// cache the workers alone keep only a few reads in flight. So create
+// tasks pass through a prefetch stage on their way from the dispatcher to
+// the workers: prefetchWorkers goroutines open each regular file of a
+// task and ask the kernel to read it in the background
+// (posix_fadvise WILLNEED). The disk then sees a deep queue of reads in
+// nearly the order of the data on it, and the workers find the data (and
+// the inodes) in the page cache. The open fd travels with the task, so a
+// file is opened once, not once to prefetch and once to copy; the number
+// of such fds is bounded (prefetchFds) and a file past the bound is
+// opened by its worker as usual.
 const (
 	prefetchWorkers = 8
-	prefetchWindow  = 2048 // groups ahead of the copy
+	prefetchQueue   = 16 // create tasks waiting for the prefetch stage
 )
 
 type prefetcher struct {
-	c       *Copier
-	ch      chan prefetchItem
-	wg      sync.WaitGroup
-	window  chan struct{} // a token per group read ahead; the copy returns them
-	stop    chan struct{}
-	once    sync.Once
-	enabled bool
+	c   *Copier
+	in  chan *task
+	out chan<- *task
+	wg  sync.WaitGroup
+	// fds is the number of prefetched fds not yet closed; max its bound.
+	fds atomic.Int64
+	max int64
 }
 
-type prefetchItem struct {
-	dir  uint32
-	name string
-}
-
-// newPrefetcher starts prefetching the plan at path from offset from.
-func (c *Copier) newPrefetcher(path string, from int64) *prefetcher {
-	p := &prefetcher{c: c, ch: make(chan prefetchItem, 256), window: make(chan struct{}, prefetchWindow), stop: make(chan struct{}), enabled: !c.opt.NoPrefetch}
-	if !p.enabled {
+// newPrefetcher starts the prefetch stage in front of out; send create
+// tasks to p.in and close it after the last one. With prefetching off,
+// p.in is out itself.
+func (c *Copier) newPrefetcher(out chan *task) *prefetcher {
+	p := &prefetcher{c: c, out: out, max: prefetchFdBound()}
+	if c.opt.NoPrefetch || p.max == 0 {
+		p.in = out
 		return p
 	}
-	r, err := plan.OpenReader(path, from)
-	if err != nil {
-		p.enabled = false
-		return p
-	}
+	p.in = make(chan *task, prefetchQueue)
 	for i := 0; i < prefetchWorkers; i++ {
 		p.wg.Add(1)
 		go p.fetch()
 	}
-	p.wg.Add(1)
-	go p.read(r)
 	return p
 }
 
-// advance tells the prefetcher the copy has reached one more group.
-func (p *prefetcher) advance() {
-	if p.enabled {
-		select {
-		case <-p.window:
-		default: // the prefetcher is behind the copy
-		}
+// prefetchFdBound is how many prefetched fds may be open at once: what the
+// open-file limit leaves beside the two directory caches (which take half
+// of it, see fsx.DirCacheSize) and some room, at most 4096.
+func prefetchFdBound() int64 {
+	var r unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &r) != nil {
+		return 0
 	}
+	return min(max((int64(r.Cur)-512)/2-256, 0), 4096)
 }
 
-func (p *prefetcher) close() {
-	if !p.enabled {
-		return
-	}
-	p.once.Do(func() {
-		close(p.stop)
-		p.wg.Wait()
-	})
-}
+// wait returns once every task sent to p.in is on its way to the workers.
+func (p *prefetcher) wait() { p.wg.Wait() }
 
-// read walks the plan and hands the first path of each regular-file group
-// to the fetchers, staying at most prefetchWindow groups ahead.
-func (p *prefetcher) read(r *plan.Reader) {
+func (p *prefetcher) fetch() {
 	defer p.wg.Done()
-	defer close(p.ch)
-	defer r.Close()
-	var prev []byte
-	for {
-		rec, err := r.Next()
-		if err == io.EOF || err != nil {
-			return
-		}
-		if prev != nil && plan.SameInode(prev, rec) {
-			continue
-		}
-		prev = append(prev[:0], rec...)
-		select {
-		case p.window <- struct{}{}:
-		case <-p.stop:
+	for t := range p.in {
+		p.open(t)
+		p.out <- t
+	}
+}
+
+// open opens the regular files of create task t, as far as the fd bound
+// allows, and starts reading them.
+func (p *prefetcher) open(t *task) {
+	c := p.c
+	for i, rec := range t.recs {
+		if c.Fatal() != nil || p.fds.Load() >= p.max {
 			return
 		}
 		e, err := plan.DecodeEntry(rec)
 		if err != nil || e.Type != fsx.TypeReg {
 			continue
 		}
-		select {
-		case p.ch <- prefetchItem{dir: e.Dir, name: string(e.Name)}:
-		case <-p.stop:
-			return
+		pfd, err := c.srcDirs.Acquire(e.Dir)
+		if err != nil {
+			continue
 		}
+		fd, err := c.openSource(pfd, e.Name)
+		c.srcDirs.Release(e.Dir)
+		if err != nil {
+			continue // the worker tries again and reports it
+		}
+		p.fds.Add(1)
+		// No fstat here: the worker checks what it got. WILLNEED on
+		// anything but a regular file is refused harmlessly.
+		unix.Fadvise(fd, 0, 0, unix.FADV_WILLNEED)
+		t.fds[i] = int32(fd)
 	}
 }
 
-func (p *prefetcher) fetch() {
-	defer p.wg.Done()
-	c := p.c
-	for it := range p.ch {
-		if c.Fatal() != nil {
-			continue // drain
-		}
-		pfd, err := c.srcDirs.Acquire(it.dir)
-		if err != nil {
-			continue
-		}
-		fd, err := fsx.OpenNoAtime(pfd, it.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC)
-		c.srcDirs.Release(it.dir)
-		if err != nil {
-			continue
-		}
-		// No fstat: the copy checks what it opens; WILLNEED on anything
-		// but a regular file is refused harmlessly (ESPIPE, EINVAL).
-		unix.Fadvise(fd, 0, 0, unix.FADV_WILLNEED)
-		unix.Close(fd)
+// taken says that a worker has taken over (and will close) n prefetched
+// fds.
+func (p *prefetcher) taken(n int) {
+	if n > 0 {
+		p.fds.Add(int64(-n))
 	}
+}
+
+// openSource opens a source file for reading, with O_NOATIME while the
+// source's owner lets us.
+func (c *Copier) openSource(pfd int, name []byte) (int, error) {
+	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+	if !c.noAtime.Load() {
+		fd, err := unix.Openat(pfd, string(name), flags|unix.O_NOATIME, 0)
+		if err != unix.EPERM {
+			return fd, err
+		}
+		c.noAtime.Store(true) // not the owner: no O_NOATIME from now on
+	}
+	return unix.Openat(pfd, string(name), flags, 0)
 }

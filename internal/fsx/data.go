@@ -18,10 +18,11 @@ const (
 	MethodCopyRange               // copy_file_range, in the kernel
 	MethodReadWrite               // pread/pwrite through a user buffer
 	MethodSendfile                // sendfile: in the kernel, across filesystems
+	MethodDirect                  // the source's pages written with O_DIRECT, across filesystems
 )
 
 func (m Method) String() string {
-	return [...]string{"none", "reflink", "copy_file_range", "read/write", "sendfile"}[m]
+	return [...]string{"none", "reflink", "copy_file_range", "read/write", "sendfile", "direct"}[m]
 }
 
 // Capability answers of a (source device, destination device) pair.
@@ -33,13 +34,15 @@ const (
 
 type devPair struct{ src, dst uint64 }
 
-type caps struct{ clone, cfr, sendfile int32 }
+type caps struct{ clone, cfr, sendfile, direct int32 }
 
 // DataCopier copies file contents. One per worker (it owns a buffer); the
 // knowledge of what a pair of filesystems supports is shared through Caps.
 type DataCopier struct {
 	Caps *Caps
-	buf  []byte
+	// NoDirect turns copyDirect off (sendfile instead).
+	NoDirect bool
+	buf      []byte
 }
 
 // Caps remembers, per pair of devices, whether reflink and copy_file_range
@@ -117,7 +120,98 @@ func (d *DataCopier) Copy(sfd, dfd int, size int64, sparse bool, srcDev, dstDev 
 			return n, m, err
 		}
 	}
+	if size >= DirectMin && c.cfr == capNo && c.direct != capNo && !d.NoDirect {
+		n, err := d.copyDirect(sfd, dfd, size, p)
+		if !errors.Is(err, errNoDirect) {
+			return n, MethodDirect, err
+		}
+	}
 	return d.copyRange(sfd, dfd, 0, size, p)
+}
+
+// DirectMin is the smallest file copied with copyDirect; directWindow is
+// how much of the source it maps at a time.
+const (
+	DirectMin    = 256 << 10
+	directWindow = 2 << 20
+)
+
+var errNoDirect = errors.New("O_DIRECT not supported")
+
+// copyDirect copies a file between filesystems without copying its bytes
+// in memory: the source is mapped (its pages are the page cache's, read
+// ahead by the prefetcher) and written to the destination with O_DIRECT,
+// so the disk takes the data straight from those pages. sendfile would
+// copy every byte from the source's page cache into the destination's,
+// and that copy was a third of the CPU time of a copy between two disks.
+// Writes are whole 4 KiB blocks; the file is then cut to its size. A
+// destination that refuses O_DIRECT (some FUSE and network filesystems)
+// says so once per device pair (errNoDirect) and gets sendfile.
+func (d *DataCopier) copyDirect(sfd, dfd int, size int64, p devPair) (int64, error) {
+	const block = 4096
+	if _, err := unix.FcntlInt(uintptr(dfd), unix.F_SETFL, unix.O_DIRECT); err != nil {
+		d.Caps.set(p, func(v *caps) { v.direct = capNo })
+		return 0, errNoDirect
+	}
+	mapped := (size + block - 1) &^ (block - 1)
+	var done int64
+	var mem []byte // the window of the source at done
+	defer func() {
+		if mem != nil {
+			unix.Munmap(mem)
+		}
+	}()
+	for done < mapped {
+		// The source is mapped a window at a time: its pages count as
+		// this process's memory while they are mapped.
+		if mem == nil {
+			var err error
+			mem, err = unix.Mmap(sfd, done, int(min(mapped-done, directWindow)), unix.PROT_READ, unix.MAP_SHARED)
+			if err != nil {
+				if done == 0 {
+					return 0, errNoDirect
+				}
+				return min(done, size), fmt.Errorf("mmap: %w", err)
+			}
+		}
+		k, err := unix.Pwrite(dfd, mem, done)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if done == 0 && errors.Is(err, unix.EINVAL) {
+				// O_DIRECT taken by fcntl but not by write (alignment
+				// the device wants larger than a block).
+				d.Caps.set(p, func(v *caps) { v.direct = capNo })
+				return 0, errNoDirect
+			}
+			if errors.Is(err, unix.EFAULT) {
+				// The source got shorter than its mapping: the pages
+				// past its new end are gone.
+				return min(done, size), ErrShort
+			}
+			return min(done, size), fmt.Errorf("write: %w", err)
+		}
+		if k == 0 {
+			return min(done, size), fmt.Errorf("write: no progress")
+		}
+		done += int64(k)
+		if k < len(mem) {
+			mem = mem[k:]
+			continue
+		}
+		unix.Munmap(mem)
+		mem = nil
+	}
+	if mapped != size {
+		if err := unix.Ftruncate(dfd, size); err != nil {
+			return size, fmt.Errorf("truncate to %d: %w", size, err)
+		}
+	}
+	if c := d.Caps.get(p); c.direct == capUnknown {
+		d.Caps.set(p, func(v *caps) { v.direct = capYes })
+	}
+	return size, nil
 }
 
 var errNoSeekData = errors.New("SEEK_DATA not supported")

@@ -167,7 +167,7 @@ func TestCopyData(t *testing.T) {
 		{"sparse leading data trailing hole", 32 << 20, []region{{0, rnd(4096)}, {20 << 20, rnd(4096)}}, true},
 		{"all hole", 8 << 20, nil, true},
 	}
-	for _, mode := range []string{"", "sendfile", "read-write"} {
+	for _, mode := range []string{"", "direct", "sendfile", "read-write"} {
 		forceRW := mode != ""
 		for _, c := range cases {
 			t.Run(c.name+"/"+mode, func(t *testing.T) {
@@ -185,17 +185,22 @@ func TestCopyData(t *testing.T) {
 				dfd, _ := unix.Open(dp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
 				dc := &DataCopier{Caps: NewCaps()}
 				switch mode {
-				case "sendfile":
+				case "direct": // across filesystems: files of DirectMin and more
 					dc.Caps.m[devPair{1, 2}] = caps{clone: capNo, cfr: capNo}
+				case "sendfile":
+					dc.Caps.m[devPair{1, 2}] = caps{clone: capNo, cfr: capNo, direct: capNo}
 				case "read-write":
-					dc.Caps.m[devPair{1, 2}] = caps{clone: capNo, cfr: capNo, sendfile: capNo}
+					dc.Caps.m[devPair{1, 2}] = caps{clone: capNo, cfr: capNo, sendfile: capNo, direct: capNo}
 				}
 				n, m, err := dc.Copy(sfd, dfd, c.size, c.sparse, 1, 2)
 				unix.Close(dfd)
 				if err != nil {
 					t.Fatal(err)
 				}
-				want := map[string]Method{"sendfile": MethodSendfile, "read-write": MethodReadWrite}[mode]
+				want := map[string]Method{"direct": MethodSendfile, "sendfile": MethodSendfile, "read-write": MethodReadWrite}[mode]
+				if mode == "direct" && c.size >= DirectMin && !c.sparse {
+					want = MethodDirect
+				}
 				if forceRW && c.size > 0 && len(c.parts) > 0 && m != want {
 					t.Errorf("method %v, want %v", m, want)
 				}
@@ -351,5 +356,135 @@ func TestRaiseFileLimit(t *testing.T) {
 	}
 	if n := DirCacheSize(2); n < 256 || int64(n) > (int64(after.Cur)-512)/4+256 {
 		t.Errorf("DirCacheSize(2) = %d with a limit of %d", n, after.Cur)
+	}
+}
+
+// TestRingLinkat: a batch of links through io_uring, with the results of
+// the ones that fail (existing name, missing target, name too long) in
+// their own slots; more links than the ring holds are refused.
+func TestRingLinkat(t *testing.T) {
+	r, err := NewRing(8)
+	if err != nil {
+		t.Skipf("no io_uring here (%v): the copier makes links one linkat at a time", err)
+	}
+	defer r.Close()
+	a, b := t.TempDir(), t.TempDir()
+	for _, n := range []string{"x", "y", "taken"} {
+		if err := os.WriteFile(filepath.Join(a, n), []byte(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(b, "taken"), nil, 0o644)
+	afd, _ := unix.Open(a, unix.O_PATH|unix.O_DIRECTORY, 0)
+	bfd, _ := unix.Open(b, unix.O_PATH|unix.O_DIRECTORY, 0)
+	defer unix.Close(afd)
+	defer unix.Close(bfd)
+	long := bytes.Repeat([]byte("n"), 300)
+	weird := []byte("new\nline\xff")
+	cases := []struct {
+		old, new string
+		oldDir   int
+		want     error
+	}{
+		{"x", "x1", afd, nil},
+		{"x", "x2", afd, nil},
+		{"y", string(weird), afd, nil},
+		{"x", "taken", afd, unix.EEXIST},
+		{"missing", "m", afd, unix.ENOENT},
+		{"x", string(long), afd, unix.ENAMETOOLONG},
+		{"x", "from-b", bfd, unix.ENOENT}, // x is in a, not in b
+	}
+	ops := make([]LinkOp, len(cases))
+	for i, c := range cases {
+		ops[i] = LinkOp{OldDir: c.oldDir, OldName: []byte(c.old), NewDir: bfd, NewName: []byte(c.new), Err: errors.New("not run")}
+	}
+	if err := r.Linkat(ops); err != nil {
+		t.Fatal(err)
+	}
+	var ax unix.Stat_t
+	unix.Stat(filepath.Join(a, "x"), &ax)
+	for i, c := range cases {
+		if !errors.Is(ops[i].Err, c.want) || (c.want == nil && ops[i].Err != nil) {
+			t.Errorf("link %q -> %q: %v, want %v", c.old, c.new, ops[i].Err, c.want)
+			continue
+		}
+		if c.want == nil {
+			var st unix.Stat_t
+			if err := unix.Lstat(filepath.Join(b, c.new), &st); err != nil {
+				t.Errorf("%q: %v", c.new, err)
+			} else if c.old == "x" && st.Ino != ax.Ino {
+				t.Errorf("%q is inode %d, not x's %d", c.new, st.Ino, ax.Ino)
+			}
+		}
+	}
+	if ax.Nlink != 3 {
+		t.Errorf("x has %d links, want 3", ax.Nlink)
+	}
+	// The ring is reusable, and refuses a batch larger than itself.
+	if err := r.Linkat([]LinkOp{{OldDir: afd, OldName: []byte("y"), NewDir: bfd, NewName: []byte("y2")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(b, "y2")); err != nil {
+		t.Error(err)
+	}
+	if err := r.Linkat(make([]LinkOp, r.Size()+1)); err == nil {
+		t.Error("a batch larger than the ring was taken")
+	}
+}
+
+// TestCopyDirect: data written with O_DIRECT from the mapped source, for
+// sizes around the block size and the mapping window; the copy has the
+// source's size and bytes.
+func TestCopyDirect(t *testing.T) {
+	dir := t.TempDir()
+	for _, size := range []int64{1, 4095, 4096, 4097, directWindow - 1, directWindow, directWindow + 1, 2*directWindow + 12345} {
+		data := make([]byte, size)
+		rand.Read(data)
+		sp, dp := filepath.Join(dir, "s"), filepath.Join(dir, "d")
+		os.Remove(dp)
+		if err := os.WriteFile(sp, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sfd, _ := unix.Open(sp, unix.O_RDONLY, 0)
+		dfd, err := unix.Open(dp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := DataCopier{Caps: NewCaps()}
+		n, err := d.copyDirect(sfd, dfd, size, devPair{1, 2})
+		unix.Close(sfd)
+		unix.Close(dfd)
+		if errors.Is(err, errNoDirect) {
+			t.Skipf("%s takes no O_DIRECT writes", dir)
+		}
+		if err != nil || n != size {
+			t.Fatalf("size %d: copied %d, %v", size, n, err)
+		}
+		got, _ := os.ReadFile(dp)
+		if !bytes.Equal(got, data) {
+			t.Errorf("size %d: the copy has %d bytes and differs", size, len(got))
+		}
+	}
+}
+
+// TestCopyDirectShrunk: a source shorter than the size its stat gave (it
+// was truncated meanwhile) ends the copy with ErrShort, not a crash on
+// the pages mapped past its end.
+func TestCopyDirectShrunk(t *testing.T) {
+	dir := t.TempDir()
+	sp, dp := filepath.Join(dir, "s"), filepath.Join(dir, "d")
+	os.WriteFile(sp, make([]byte, 10000), 0o644)
+	sfd, _ := unix.Open(sp, unix.O_RDONLY, 0)
+	defer unix.Close(sfd)
+	dfd, _ := unix.Open(dp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o644)
+	defer unix.Close(dfd)
+	d := DataCopier{Caps: NewCaps()}
+	n, err := d.copyDirect(sfd, dfd, 5*4096, devPair{1, 2})
+	if errors.Is(err, errNoDirect) {
+		t.Skipf("%s takes no O_DIRECT writes", dir)
+	}
+	t.Logf("copied %d: %v", n, err)
+	if !errors.Is(err, ErrShort) {
+		t.Errorf("copy of a source shorter than its size: %d, %v; want ErrShort", n, err)
 	}
 }

@@ -116,6 +116,8 @@ type Summary struct {
 	Reflinked    int64         `json:"files_reflinked"`
 	CopyRange    int64         `json:"files_copy_file_range"`
 	Sendfile     int64         `json:"files_sendfile"`
+	Direct       int64         `json:"files_direct"`
+	RingLinks    int64         `json:"links_batched"`
 	ReadWrite    int64         `json:"files_read_write"`
 	SplitGroups  int64         `json:"split_groups"`
 	ExtraCopies  int64         `json:"extra_copies"`
@@ -499,6 +501,8 @@ func (r *runner) phases() error {
 	r.cp, err = copier.New(r.srcFd, r.dstFd, dirs, copier.Options{
 		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries, SrcDevMap: r.srcDevMap,
 		NoPrefetch: os.Getenv("HLCP_NO_PREFETCH") != "", // for A/B measurements
+		NoRing:     os.Getenv("HLCP_NO_URING") != "",    // links one linkat at a time, as where io_uring is missing
+		NoDirect:   os.Getenv("HLCP_NO_DIRECT") != "",   // sendfile for all data between filesystems
 		OnError:    r.errs.add, OnWarn: r.errs.warn,
 	})
 	if err != nil {
@@ -919,6 +923,8 @@ func (r *runner) fillSummary() {
 		s.Reflinked = st.Cloned.Load()
 		s.CopyRange = st.CopyRange.Load()
 		s.Sendfile = st.Sendfile.Load()
+		s.RingLinks = st.RingLinks.Load()
+		s.Direct = st.Direct.Load()
 		s.ReadWrite = st.ReadWrite.Load()
 		s.SplitGroups = st.SplitGroups.Load()
 		s.ExtraCopies = st.ExtraCopies.Load()
@@ -968,9 +974,9 @@ func (r *runner) printSummary(code int) {
 	fmt.Fprintf(w, "  inodes        %s (%s regular, %s symlinks, %s other); %s with several paths, largest %s paths\n",
 		c(s.Plan.Groups), c(s.Plan.ByType[8]), c(s.Plan.ByType[10]),
 		c(s.Plan.Groups-s.Plan.ByType[8]-s.Plan.ByType[10]), c(s.Plan.LinkGroups), c(s.Plan.MaxLinks))
-	fmt.Fprintf(w, "  created       %s directories, %s inodes, %s hard links\n", c(s.Dirs), c(s.Inodes), c(s.Links))
-	fmt.Fprintf(w, "  data          %s (%s files reflinked, %s copy_file_range, %s sendfile, %s read/write)\n",
-		progress.Bytes(s.Bytes), c(s.Reflinked), c(s.CopyRange), c(s.Sendfile), c(s.ReadWrite))
+	fmt.Fprintf(w, "  created       %s directories, %s inodes, %s hard links (%s of them in io_uring batches)\n", c(s.Dirs), c(s.Inodes), c(s.Links), c(s.RingLinks))
+	fmt.Fprintf(w, "  data          %s (%s files reflinked, %s copy_file_range, %s sendfile, %s direct, %s read/write)\n",
+		progress.Bytes(s.Bytes), c(s.Reflinked), c(s.CopyRange), c(s.Sendfile), c(s.Direct), c(s.ReadWrite))
 	if s.OutsideLinks > 0 {
 		fmt.Fprintf(w, "  note          %s inodes have hard links outside SRC; their paths inside SRC are linked together in DST\n", c(s.OutsideLinks))
 	}
