@@ -37,6 +37,8 @@ type centry struct {
 	fd         int
 	refs       int
 	prev, next *centry
+	opening    chan struct{} // closed once fd (or err) is set; nil after
+	err        error         // the open's error, for those that waited
 }
 
 // NewDirCache returns a cache over the tree whose root is rootFd. flags are
@@ -67,6 +69,9 @@ func (c *DirCache) pushFront(e *centry) {
 }
 
 // Acquire returns an fd of directory id; call Release(id) when done with it.
+// Concurrent misses on one directory open it once: the first opens it, the
+// others wait for it (workers that take consecutive tasks all need the
+// same new directory at the same moment).
 func (c *DirCache) Acquire(id uint32) (int, error) {
 	c.mu.Lock()
 	if e, ok := c.m[id]; ok {
@@ -75,11 +80,49 @@ func (c *DirCache) Acquire(id uint32) (int, error) {
 			c.unlink(e)
 			c.pushFront(e)
 		}
+		if e.opening != nil {
+			ch := e.opening
+			c.mu.Unlock()
+			<-ch
+			c.mu.Lock()
+			fd, err := e.fd, e.err
+			if err != nil {
+				e.refs--
+			}
+			c.mu.Unlock()
+			return fd, err
+		}
 		c.mu.Unlock()
 		return e.fd, nil
 	}
+	// Take the directory's place, so that others wait for this open.
+	e := &centry{id: id, fd: -1, refs: 1, opening: make(chan struct{})}
+	c.m[id] = e
+	c.pushFront(e)
 	c.mu.Unlock()
 
+	fd, err := c.open(id)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.fd, e.err = fd, err
+	close(e.opening)
+	e.opening = nil
+	if err != nil {
+		// Waiters see the error; the entry goes, so a later Acquire
+		// tries again.
+		e.refs--
+		c.unlink(e)
+		delete(c.m, id)
+		return -1, err
+	}
+	c.Opens++
+	c.evict()
+	return fd, nil
+}
+
+// open opens directory id relative to its parent.
+func (c *DirCache) open(id uint32) (int, error) {
 	parent, name, err := c.resolve(id)
 	if err != nil {
 		return -1, err
@@ -93,23 +136,7 @@ func (c *DirCache) Acquire(id uint32) (int, error) {
 	}
 	fd, err := OpenBeneath(pfd, name, c.flags)
 	c.Release(parent)
-	if err != nil {
-		return -1, err
-	}
-
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.Opens++
-	if e, ok := c.m[id]; ok { // another worker opened it meanwhile
-		unix.Close(fd)
-		e.refs++
-		return e.fd, nil
-	}
-	e := &centry{id: id, fd: fd, refs: 1}
-	c.m[id] = e
-	c.pushFront(e)
-	c.evict()
-	return fd, nil
+	return fd, err
 }
 
 // Release gives back an fd obtained from Acquire.
