@@ -90,14 +90,8 @@ type Copier struct {
 	splitMu  sync.Mutex
 	splits   map[string]*linkTarget // groups split on EMLINK, by first path (dir id + name)
 	noAtime  atomic.Bool            // O_NOATIME refused (not owner)
-	// newOwner is the uid and gid that a new inode in the destination
-	// gets, where known (see learnNewOwner); umask is the process's.
-	newOwnerKnown bool
-	newUID        uint32
-	newGID        uint32
-	umask         uint32 // 0o7777 where unknown
-	fatalMu       sync.Mutex
-	fatalErr      error
+	fatalMu  sync.Mutex
+	fatalErr error
 }
 
 // New returns a copier from the tree at srcRoot to the tree at dstRoot (both
@@ -127,7 +121,7 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error
 	if err := unix.Fstat(dstRoot, &ds); err != nil {
 		return nil, err
 	}
-	c := &Copier{opt: opt, srcRoot: srcRoot, dstRoot: dstRoot, srcDev: ss.Dev, dstDev: ds.Dev, dirs: dirs, caps: fsx.NewCaps(), umask: fsx.Umask()}
+	c := &Copier{opt: opt, srcRoot: srcRoot, dstRoot: dstRoot, srcDev: ss.Dev, dstDev: ds.Dev, dirs: dirs, caps: fsx.NewCaps()}
 	c.srcDirs = fsx.NewDirCache(srcRoot, dirs.Resolve, unix.O_PATH, srcCache)
 	c.dstDirs = fsx.NewDirCache(dstRoot, dirs.Resolve, unix.O_PATH, dstCache)
 	return c, nil
@@ -232,9 +226,6 @@ func openDir(cache *fsx.DirCache, root int, d *plan.Dir, flags int) (int, error)
 // directory.
 func (c *Copier) Finish(below uint32, root bool, done func()) error {
 	var x fsx.Xattrs
-	if c.opt.Owner {
-		c.learnNewOwner()
-	}
 	return c.dirs.ScanReverse(below, func(d *plan.Dir) error {
 		if done != nil {
 			defer done()
@@ -291,12 +282,8 @@ func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
 	}
 	defer unix.Close(dfd)
 	if c.opt.Owner {
-		// The root may have been there before the job; the directories
-		// below it were made by MakeDirs.
-		if d.ID == 0 || !c.ownedAs(d.Uid, d.Gid) {
-			if err := unix.Fchown(dfd, int(d.Uid), int(d.Gid)); err != nil {
-				c.metaFail(d.ID, nil, "chown", err)
-			}
+		if err := unix.Fchown(dfd, int(d.Uid), int(d.Gid)); err != nil {
+			c.metaFail(d.ID, nil, "chown", err)
 		}
 	} else {
 		c.ownerWarn(d.Uid, d.Gid)
@@ -350,50 +337,18 @@ func (c *Copier) metaFail(dir uint32, name []byte, op string, err error) {
 
 var myUID, myGID = uint32(os.Geteuid()), uint32(os.Getegid())
 
-// learnNewOwner finds out which owner a new inode in the destination gets
-// (ours, or a group inherited from a setgid directory or a grpid mount, or
-// someone else's on a network filesystem that squashes root): that of a
-// directory made by MakeDirs below the root, which got it by the same
-// rules. Files whose source has that very owner need no chown.
-func (c *Copier) learnNewOwner() {
-	c.newOwnerKnown = false
-	var d plan.Dir
-	for id := uint32(1); id < min(c.dirs.Len(), 64); id++ {
-		if c.dirs.Get(id, &d) != nil || d.Parent != 0 || d.Flags&plan.DirGone != 0 {
-			continue
-		}
-		fd, err := c.dstDirs.Acquire(id)
-		if err != nil {
-			return
-		}
-		var st unix.Stat_t
-		err = unix.Fstat(fd, &st)
-		c.dstDirs.Release(id)
-		if err == nil && st.Uid == myUID {
-			c.newOwnerKnown, c.newUID, c.newGID = true, st.Uid, st.Gid
-		}
-		return
-	}
-}
-
-// ownedAs reports whether a new destination inode already has owner
-// uid:gid.
-func (c *Copier) ownedAs(uid, gid uint32) bool {
-	return c.newOwnerKnown && uid == c.newUID && gid == c.newGID
-}
-
-// createMode is the mode to create a regular file with, and whether it is
-// final: the file's own mode when that needs no chmod afterwards (no
-// setuid, setgid or sticky bit, which a chown would clear, no bit that the
-// umask takes away, and, when not root, owner write, without which the
-// owner could not set its user xattrs), else 0600, to be changed by a chmod
-// at the end.
-func (c *Copier) createMode(mode uint32) (uint32, bool) {
+// createMode is the mode to create a regular file with: its own when the
+// new file may start with it (no setuid, setgid or sticky bit, which a
+// chown clears, and owner write, without which the owner could not set
+// its user xattrs), else 0600. Whether the file got it (a umask, a default
+// ACL or a filesystem may give it another) is seen by an fstat of the new
+// file, which decides whether a chmod is needed.
+func createMode(mode uint32) uint32 {
 	m := mode & 07777
-	if m&07000 != 0 || m&c.umask != 0 || (!c.opt.Owner && m&0o200 == 0) {
-		return 0o600, false
+	if m&07000 != 0 || m&0o200 == 0 {
+		return 0o600
 	}
-	return m, true
+	return m
 }
 
 func (c *Copier) ownerWarn(uid, gid uint32) {

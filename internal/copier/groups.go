@@ -185,9 +185,6 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 		ctr = new(progress.Counters)
 	}
 
-	if c.opt.Owner {
-		c.learnNewOwner()
-	}
 	// Two queues: the workers take link tasks first. Creates wait on the
 	// source disk (and the prefetcher keeps it busy ahead of them), links
 	// only on the CPU and the destination's journal; a link task waiting
@@ -491,6 +488,9 @@ func (w *worker) createTask(t *task) {
 		}
 	}()
 	for i, rec := range t.recs {
+		if c.Fatal() != nil {
+			return // stopping: the rest is redone from the checkpoint
+		}
 		e, err := plan.DecodeEntry(rec)
 		if err != nil {
 			c.setFatal(err)
@@ -856,8 +856,7 @@ func (w *worker) copyFile(spfd, dpfd, sfd int, src plan.Entry, name string, st *
 	var changed bool
 	first := *st // the state the scan-time identity check saw
 	for attempt := 0; ; attempt++ {
-		cmode, final := c.createMode(st.Mode)
-		dfd, err := createFile(dpfd, name, cmode)
+		dfd, err := createFile(dpfd, name, createMode(st.Mode))
 		if err != nil {
 			return fmt.Errorf("create: %w", err)
 		}
@@ -895,7 +894,7 @@ func (w *worker) copyFile(spfd, dpfd, sfd int, src plan.Entry, name string, st *
 		case fsx.MethodReadWrite:
 			c.Stats.ReadWrite.Add(1)
 		}
-		w.setMeta(dfd, sfd, st, src, final)
+		w.setMeta(dfd, sfd, st, src)
 		if changed {
 			// The copy may mix two states of the file: it gets the times
 			// of the state before the copy, which the file no longer has,
@@ -917,15 +916,22 @@ func (w *worker) copyFile(spfd, dpfd, sfd int, src plan.Entry, name string, st *
 // setMeta gives the open destination file dfd the owner, xattrs, mode and
 // times of the source (in that order: chown clears setuid bits and
 // security.capability, chmod must follow it, and times come last). The
-// chown is left out where the new file has the owner already, the chmod
-// where it was created with its final mode (modeSet).
-func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry, modeSet bool) {
+// new file is fstat'ed first: the chown is left out where it has the
+// owner already, the chmod where it was created with its final mode (a
+// fresh file has no setuid bit for the chown to clear), so the common
+// case costs one call instead of two.
+func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry) {
 	c := w.c
+	var now unix.Stat_t
+	if err := unix.Fstat(dfd, &now); err != nil {
+		now.Uid, now.Gid, now.Mode = ^uint32(0), ^uint32(0), ^uint32(0) // unknown: change both
+	}
 	if c.opt.Owner {
-		if !c.ownedAs(st.Uid, st.Gid) {
+		if now.Uid != st.Uid || now.Gid != st.Gid {
 			if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
 				c.metaFail(src.Dir, src.Name, "chown", err)
 			}
+			now.Mode = ^uint32(0) // a chown may clear setuid and setgid bits
 		}
 	} else {
 		c.ownerWarn(st.Uid, st.Gid)
@@ -933,7 +939,7 @@ func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry, modeSet 
 	if err := w.x.CopyFd(sfd, dfd, c.xattrErr); err != nil {
 		c.fail(src.Dir, src.Name, err)
 	}
-	if !modeSet {
+	if now.Mode&07777 != st.Mode&07777 {
 		if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
 			c.metaFail(src.Dir, src.Name, "chmod", err)
 		}
@@ -949,10 +955,8 @@ func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry, modeSet 
 func (w *worker) setMetaAt(spfd, dpfd int, name string, st *unix.Stat_t, src plan.Entry) {
 	c := w.c
 	if c.opt.Owner {
-		if !c.ownedAs(st.Uid, st.Gid) {
-			if err := unix.Fchownat(dpfd, name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				c.metaFail(src.Dir, src.Name, "chown", err)
-			}
+		if err := unix.Fchownat(dpfd, name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			c.metaFail(src.Dir, src.Name, "chown", err)
 		}
 	} else {
 		c.ownerWarn(st.Uid, st.Gid)

@@ -16,6 +16,7 @@ import (
 	"hlcp/internal/fsx"
 	"hlcp/internal/plan"
 	"hlcp/internal/progress"
+	"hlcp/internal/testutil"
 )
 
 type pent struct {
@@ -352,5 +353,62 @@ func TestLinkModes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestModesAndOwners: a file's mode and owner come out as the source's
+// whatever the destination directory does to new files: a default ACL
+// (which, not the umask, then trims the create mode) and a setgid bit
+// (which gives new files the directory's group), and for every kind of
+// mode: ones a file can be created with, read-only ones, setuid ones.
+func TestModesAndOwners(t *testing.T) {
+	src, dst, state := trees(t, "")
+	root := os.Geteuid() == 0
+	modes := []uint32{0o644, 0o600, 0o755, 0o444, 0o640, 0o666, 0o777, 0o4755, 0o2750, 0o1644, 0o000}
+	for i, m := range modes {
+		p := filepath.Join(src, fmt.Sprintf("m%04o", m))
+		os.WriteFile(p, []byte(fmt.Sprint(i)), 0o600)
+		os.Chmod(p, os.FileMode(m&0o777)|map[bool]os.FileMode{true: os.ModeSetuid}[m&0o4000 != 0]|map[bool]os.FileMode{true: os.ModeSetgid}[m&0o2000 != 0]|map[bool]os.FileMode{true: os.ModeSticky}[m&0o1000 != 0])
+		if root {
+			os.Lchown(p, 1000+i, 2000+i%3)
+		}
+	}
+	if root {
+		os.Chown(filepath.Join(src, "m0644"), 0, 0) // what a new file gets: no chown needed
+	}
+	// DST: setgid with another group, and a default ACL that takes the
+	// group's write and all of other's bits from new files.
+	if root {
+		os.Chown(dst, 0, 4321)
+	}
+	os.Chmod(dst, 0o755|os.ModeSetgid)
+	def := testutil.EncodeACL([]testutil.ACLEntry{{Tag: testutil.ACLUserObj, Perm: 7}, {Tag: testutil.ACLGroupObj, Perm: 5}, {Tag: testutil.ACLOther, Perm: 0}})
+	if err := unix.Setxattr(dst, "system.posix_acl_default", def, 0); err != nil {
+		t.Logf("no default ACL on %s (%v): only the setgid case", dst, err)
+	}
+	tab, p, _ := buildPlan(t, src, state)
+	sfd, dfd := openRoot(t, src), openRoot(t, dst)
+	var errs []string
+	c, _ := New(sfd, dfd, tab, Options{Jobs: 2, Owner: root, OnError: func(rel string, err error) { errs = append(errs, rel+": "+err.Error()) }})
+	if err := c.Copy(p, p+".links", Marks{}, nil, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if len(errs) > 0 {
+		t.Errorf("errors: %q", errs)
+	}
+	for _, m := range modes {
+		n := fmt.Sprintf("m%04o", m)
+		var s, d unix.Stat_t
+		unix.Lstat(filepath.Join(src, n), &s)
+		if err := unix.Lstat(filepath.Join(dst, n), &d); err != nil {
+			t.Errorf("%s: %v", n, err)
+			continue
+		}
+		if d.Mode != s.Mode {
+			t.Errorf("%s: mode %o, want %o", n, d.Mode, s.Mode)
+		}
+		if root && (d.Uid != s.Uid || d.Gid != s.Gid) {
+			t.Errorf("%s: owner %d:%d, want %d:%d", n, d.Uid, d.Gid, s.Uid, s.Gid)
+		}
 	}
 }

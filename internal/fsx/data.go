@@ -149,32 +149,45 @@ var errNoDirect = errors.New("O_DIRECT not supported")
 // says so once per device pair (errNoDirect) and gets sendfile.
 func (d *DataCopier) copyDirect(sfd, dfd int, size int64, p devPair) (int64, error) {
 	const block = 4096
-	if _, err := unix.FcntlInt(uintptr(dfd), unix.F_SETFL, unix.O_DIRECT); err != nil {
-		d.Caps.set(p, func(v *caps) { v.direct = capNo })
-		return 0, errNoDirect
-	}
 	mapped := (size + block - 1) &^ (block - 1)
 	var done int64
-	var mem []byte // the window of the source at done
-	defer func() {
-		if mem != nil {
-			unix.Munmap(mem)
+	var win []byte // the mapped window of the source that starts at winOff
+	var winOff int64
+	unmap := func() {
+		if win != nil {
+			unix.Munmap(win)
+			win = nil
 		}
-	}()
+	}
+	defer unmap()
+	// noDirect gives up on O_DIRECT for the device pair, with the fd back
+	// in its normal mode for sendfile.
+	noDirect := func() (int64, error) {
+		d.Caps.set(p, func(v *caps) { v.direct = capNo })
+		unix.FcntlInt(uintptr(dfd), unix.F_SETFL, 0)
+		return 0, errNoDirect
+	}
 	for done < mapped {
 		// The source is mapped a window at a time: its pages count as
 		// this process's memory while they are mapped.
-		if mem == nil {
+		if win == nil {
 			var err error
-			mem, err = unix.Mmap(sfd, done, int(min(mapped-done, directWindow)), unix.PROT_READ, unix.MAP_SHARED)
+			win, err = unix.Mmap(sfd, done, int(min(mapped-done, directWindow)), unix.PROT_READ, unix.MAP_SHARED)
 			if err != nil {
+				win = nil
 				if done == 0 {
-					return 0, errNoDirect
+					return noDirect() // a file that cannot be mapped (FUSE direct_io)
 				}
 				return min(done, size), fmt.Errorf("mmap: %w", err)
 			}
+			winOff = done
+			if done == 0 {
+				if _, err := unix.FcntlInt(uintptr(dfd), unix.F_SETFL, unix.O_DIRECT); err != nil {
+					return noDirect()
+				}
+			}
 		}
-		k, err := unix.Pwrite(dfd, mem, done)
+		k, err := unix.Pwrite(dfd, win[done-winOff:], done)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -182,12 +195,15 @@ func (d *DataCopier) copyDirect(sfd, dfd int, size int64, p devPair) (int64, err
 			if done == 0 && errors.Is(err, unix.EINVAL) {
 				// O_DIRECT taken by fcntl but not by write (alignment
 				// the device wants larger than a block).
-				d.Caps.set(p, func(v *caps) { v.direct = capNo })
-				return 0, errNoDirect
+				return noDirect()
 			}
 			if errors.Is(err, unix.EFAULT) {
-				// The source got shorter than its mapping: the pages
-				// past its new end are gone.
+				// The kernel could not read the source's pages: they
+				// are past its end (it got shorter), or unreadable.
+				var st unix.Stat_t
+				if unix.Fstat(sfd, &st) == nil && st.Size >= size {
+					return min(done, size), fmt.Errorf("read: %w", unix.EIO)
+				}
 				return min(done, size), ErrShort
 			}
 			return min(done, size), fmt.Errorf("write: %w", err)
@@ -196,12 +212,9 @@ func (d *DataCopier) copyDirect(sfd, dfd int, size int64, p devPair) (int64, err
 			return min(done, size), fmt.Errorf("write: no progress")
 		}
 		done += int64(k)
-		if k < len(mem) {
-			mem = mem[k:]
-			continue
+		if done-winOff == int64(len(win)) {
+			unmap()
 		}
-		unix.Munmap(mem)
-		mem = nil
 	}
 	if mapped != size {
 		if err := unix.Ftruncate(dfd, size); err != nil {

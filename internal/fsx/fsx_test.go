@@ -7,7 +7,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -486,5 +488,89 @@ func TestCopyDirectShrunk(t *testing.T) {
 	t.Logf("copied %d: %v", n, err)
 	if !errors.Is(err, ErrShort) {
 		t.Errorf("copy of a source shorter than its size: %d, %v; want ErrShort", n, err)
+	}
+}
+
+// TestDirCacheConcurrentMiss: many goroutines that need the same uncached
+// directory at once open it once (and its parent once); a failing open is
+// reported to all of them and tried again by the next Acquire.
+func TestDirCacheConcurrentMiss(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "a", "b"), 0o755)
+	names := map[uint32][2]any{1: {uint32(0), "a"}, 2: {uint32(1), "b"}, 3: {uint32(0), "missing"}}
+	root, _ := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	defer unix.Close(root)
+	c := NewDirCache(root, func(id uint32) (uint32, string, error) {
+		time.Sleep(2 * time.Millisecond) // widen the window
+		n := names[id]
+		return n[0].(uint32), n[1].(string), nil
+	}, unix.O_PATH, 100)
+	defer c.Close()
+	for _, id := range []uint32{2, 3} {
+		var wg sync.WaitGroup
+		errs := make([]error, 16)
+		fds := make([]int, 16)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				fds[i], errs[i] = c.Acquire(id)
+			}()
+		}
+		wg.Wait()
+		for i := range errs {
+			if id == 2 && (errs[i] != nil || fds[i] != fds[0]) {
+				t.Errorf("acquire %d: fd %d, %v (first got %d)", id, fds[i], errs[i], fds[0])
+			}
+			if id == 3 && !errors.Is(errs[i], unix.ENOENT) {
+				t.Errorf("acquire of a missing directory: %v", errs[i])
+			}
+			if errs[i] == nil {
+				c.Release(id)
+			}
+		}
+	}
+	if c.Opens != 2 {
+		t.Errorf("%d opens for a and a/b", c.Opens)
+	}
+	os.Mkdir(filepath.Join(dir, "missing"), 0o755)
+	if _, err := c.Acquire(3); err != nil {
+		t.Errorf("the open that failed is not tried again: %v", err)
+	}
+	c.Release(3)
+	c.mu.Lock()
+	for id, e := range c.m {
+		if id != 0 && e.refs != 0 {
+			t.Errorf("directory %d holds %d references", id, e.refs)
+		}
+	}
+	c.mu.Unlock()
+}
+
+// TestCopyDirectFallback: a source that cannot be mapped gives errNoDirect
+// with the destination fd back without O_DIRECT, and the device pair is
+// not tried again.
+func TestCopyDirectFallback(t *testing.T) {
+	var pfd [2]int
+	if err := unix.Pipe(pfd[:]); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pfd[0])
+	defer unix.Close(pfd[1])
+	dfd, err := unix.Open(filepath.Join(t.TempDir(), "d"), unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dfd)
+	d := DataCopier{Caps: NewCaps()}
+	if _, err := d.copyDirect(pfd[0], dfd, 1<<20, devPair{1, 2}); !errors.Is(err, errNoDirect) {
+		t.Fatalf("copy from a pipe: %v, want errNoDirect", err)
+	}
+	fl, _ := unix.FcntlInt(uintptr(dfd), unix.F_GETFL, 0)
+	if fl&unix.O_DIRECT != 0 {
+		t.Error("the destination fd kept O_DIRECT")
+	}
+	if d.Caps.get(devPair{1, 2}).direct != capNo {
+		t.Error("the device pair will try O_DIRECT again")
 	}
 }

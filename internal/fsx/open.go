@@ -2,9 +2,6 @@ package fsx
 
 import (
 	"errors"
-	"os"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,22 +15,4 @@ func OpenNoAtime(dirfd int, name string, flags int) (int, error) {
 		fd, err = unix.Openat(dirfd, name, flags, 0)
 	}
 	return fd, err
-}
-
-// Umask returns the process's file mode creation mask, read from
-// /proc/self/status (reading it with umask(2) would change it for a
-// moment under every other thread), or 07777 where it cannot be read.
-func Umask() uint32 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0o7777
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "Umask:"); ok {
-			if n, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
-				return uint32(n)
-			}
-		}
-	}
-	return 0o7777
 }

@@ -147,6 +147,17 @@ func NewRing(entries uint32) (*Ring, error) {
 	return r, nil
 }
 
+// drain waits, as well as it can, for n more completions and drops them.
+func (r *Ring) drain(n int) {
+	for tries := 0; n > 0 && tries < 1000; tries++ {
+		head, ctail := atomic.LoadUint32(r.cqHead), atomic.LoadUint32(r.cqTail)
+		atomic.StoreUint32(r.cqHead, ctail)
+		if n -= int(ctail - head); n > 0 {
+			unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), 0, 1, uringEnterGetevent, 0, 0)
+		}
+	}
+}
+
 // Close releases the ring.
 func (r *Ring) Close() {
 	for _, m := range [][]byte{r.sqeMem, r.cqMem, r.sqMem} {
@@ -185,6 +196,7 @@ func (r *Ring) Linkat(ops []LinkOp) error {
 	}
 	base := unsafe.Pointer(&r.names[0])
 	tail := atomic.LoadUint32(r.sqTail)
+	start := tail
 	for i := range ops {
 		idx := tail & r.sqMask
 		sqe := (*uringSQE)(unsafe.Add(unsafe.Pointer(&r.sqeMem[0]), uintptr(idx)*64))
@@ -212,6 +224,12 @@ func (r *Ring) Linkat(ops []LinkOp) error {
 				atomic.StoreUint32(r.sqTail, tail-toSubmit)
 				return fmt.Errorf("%w: io_uring_enter: %v", ErrNoRing, e)
 			}
+			// Entries not taken are taken back; links already taken
+			// may still run, with the caller's directory fds: wait for
+			// them before the caller gives those back.
+			head := atomic.LoadUint32(r.sqHead)
+			atomic.StoreUint32(r.sqTail, head)
+			r.drain(int(head-start) - done)
 			return fmt.Errorf("io_uring_enter: %v", e)
 		}
 		head := atomic.LoadUint32(r.cqHead)
