@@ -51,6 +51,7 @@ func main() {
 	flag.StringVar(&c.out, "out", "bench/out", "directory for results (JSON, markdown, PNG)")
 	flag.StringVar(&c.hlcp, "hlcp", "", "hlcp binary (default: build ./cmd/hlcp)")
 	flag.BoolVar(&c.loop, "loop", os.Geteuid() == 0, "use loop-mounted ext4 images for source and destinations (root only)")
+	flag.BoolVar(&loopDirectIO, "loop-dio", true, "loop devices read and write their image files with direct I/O, as a disk would (false: buffered, every block cached twice)")
 	flag.BoolVar(&c.strace, "strace", false, "also count syscalls per path with strace -c -f (a separate, untimed run) of the -strace-tools")
 	var straceF string
 	flag.StringVar(&straceF, "strace-tools", "hlcp,cp -a", "comma-separated tools whose syscalls -strace counts (strace slows each down several times)")

@@ -209,10 +209,29 @@ func mkfsMount(work, name string, sizeBytes, inodes int64, loop bool) (*fsys, er
 	return mountImage(img, dir)
 }
 
+// loopDirectIO makes the loop devices use direct I/O on their image files
+// (-loop-dio). A buffered loop device keeps every block twice in the page
+// cache, its own and the image file's, and copies each block between the
+// two in a kernel worker: on this kind of machine that memcpy took about a
+// third of all CPU time of a copy, a cost no real disk has. With direct
+// I/O the loop device passes blocks to the virtual disk as a disk
+// controller would.
+var loopDirectIO = true
+
 func mountImage(img, dir string) (*fsys, error) {
 	os.MkdirAll(dir, 0o755)
 	if out, err := exec.Command("mount", "-o", "loop,noatime", img, dir).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mount %s: %v %s", img, err, out)
+	}
+	if loopDirectIO {
+		dev, err := exec.Command("findmnt", "-n", "-o", "SOURCE", dir).Output()
+		if err == nil {
+			_, err = exec.Command("losetup", "--direct-io=on", strings.TrimSpace(string(dev))).CombinedOutput()
+		}
+		if err != nil {
+			exec.Command("umount", dir).Run()
+			return nil, fmt.Errorf("direct I/O for the loop device of %s: %v (run with -loop-dio=false)", img, err)
+		}
 	}
 	os.Remove(filepath.Join(dir, "lost+found"))
 	return &fsys{dir: dir, image: img, loop: true}, nil

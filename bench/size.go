@@ -77,6 +77,7 @@ type SizeResult struct {
 	Machine  string       `json:"machine"`
 	Date     string       `json:"date"`
 	Loop     bool         `json:"loop_ext4"`
+	LoopDIO  bool         `json:"loop_direct_io"`
 	Cold     bool         `json:"cold_cache"`
 	Copy     []ToolResult `json:"copy"`
 	Verify   []ToolResult `json:"verify,omitempty"`
@@ -114,11 +115,12 @@ func srcName(size string) string { return fmt.Sprintf("src-%s-v%d", size, genVer
 
 // source generates (or reuses) the source tree of a size.
 func source(c *config, size string, spec Spec) (*fsys, *SizeResult, error) {
-	res := &SizeResult{Size: size, Spec: spec, Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339), Loop: c.loop, Cold: c.cold && os.Geteuid() == 0}
+	res := &SizeResult{Size: size, Spec: spec, Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339), Loop: c.loop, LoopDIO: c.loop && loopDirectIO, Cold: c.cold && os.Geteuid() == 0}
 	name := srcName(size)
 	meta := filepath.Join(c.work, name+".json")
 	if b, err := os.ReadFile(meta); err == nil && json.Unmarshal(b, res) == nil && res.Spec == spec {
 		res.Machine, res.Date, res.Loop, res.Cold = machine(), time.Now().UTC().Format(time.RFC3339), c.loop, c.cold && os.Geteuid() == 0
+		res.LoopDIO = c.loop && loopDirectIO
 		if c.loop {
 			if _, err := os.Stat(filepath.Join(c.work, name+".img")); err == nil {
 				f, err := mountImage(filepath.Join(c.work, name+".img"), filepath.Join(c.work, name))
@@ -366,6 +368,11 @@ func (r *SizeResult) markdown() string {
 	where := "directories"
 	if r.Loop {
 		where = "loop-mounted ext4 images, a fresh one per run"
+		if r.LoopDIO {
+			where += " (loop devices with direct I/O)"
+		} else {
+			where += " (buffered loop devices)"
+		}
 	}
 	cache := "warm page cache"
 	if r.Cold {
