@@ -31,7 +31,7 @@ type Link struct {
 }
 
 // ChunkGroups is the number of groups of a chunk (see Link.Chunk).
-const ChunkGroups = 16384
+const ChunkGroups = 65536
 
 // LinkHeader is the fixed part of an encoded link; the target name's length
 // (uvarint), the target name and the name follow.
