@@ -288,7 +288,19 @@ func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
 	} else {
 		c.ownerWarn(d.Uid, d.Gid)
 	}
-	if d.Flags&(plan.DirUnreadable) == 0 {
+	if d.Flags&(plan.DirUnreadable) == 0 && d.ID != 0 {
+		// The source directory's xattrs are read by name in its
+		// (cached) parent: no open and close of its own.
+		if pfd, err := c.srcDirs.Acquire(d.Parent); err == nil {
+			err := x.CopyPathToFd(fsx.ProcPath(pfd, string(d.Name)), dfd, c.xattrErr)
+			c.srcDirs.Release(d.Parent)
+			if err != nil {
+				c.fail(d.ID, nil, err)
+			}
+		} else {
+			c.fail(d.ID, nil, fmt.Errorf("open source directory for xattrs: %w", err))
+		}
+	} else if d.Flags&(plan.DirUnreadable) == 0 {
 		if sfd, err := openDir(c.srcDirs, c.srcRoot, d, unix.O_RDONLY); err == nil {
 			if err := x.CopyFd(sfd, dfd, c.xattrErr); err != nil {
 				c.fail(d.ID, nil, err)

@@ -75,6 +75,17 @@ func (x *Xattrs) CopyPath(src, dst string, onErr func(*XattrError)) error {
 	}, onErr)
 }
 
+// CopyPathToFd copies the xattrs of the entry at path src (not followed in
+// its last component, typically ProcPath(dirfd, name)) to the open dfd:
+// the source needs no open of its own.
+func (x *Xattrs) CopyPathToFd(src string, dfd int, onErr func(*XattrError)) error {
+	return x.copy(xops{
+		list: func(b []byte) (int, error) { return unix.Llistxattr(src, b) },
+		get:  func(n string, b []byte) (int, error) { return unix.Lgetxattr(src, n, b) },
+		set:  func(n string, v []byte) error { return unix.Fsetxattr(dfd, n, v, 0) },
+	}, onErr)
+}
+
 func noXattrs(err error) bool {
 	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP)
 }
