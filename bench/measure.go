@@ -220,6 +220,14 @@ var loopDirectIO = true
 
 func mountImage(img, dir string) (*fsys, error) {
 	os.MkdirAll(dir, 0o755)
+	// Whatever an interrupted run left mounted there goes first: a mount
+	// on top of it would hide it, and its loop device would be taken for
+	// this one's.
+	for i := 0; i < 8 && exec.Command("mountpoint", "-q", dir).Run() == nil; i++ {
+		if exec.Command("umount", dir).Run() != nil {
+			exec.Command("umount", "-l", dir).Run()
+		}
+	}
 	if out, err := exec.Command("mount", "-o", "loop,noatime", img, dir).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mount %s: %v %s", img, err, out)
 	}
