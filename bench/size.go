@@ -115,12 +115,17 @@ func srcName(size string) string { return fmt.Sprintf("src-%s-v%d", size, genVer
 
 // source generates (or reuses) the source tree of a size.
 func source(c *config, size string, spec Spec) (*fsys, *SizeResult, error) {
-	res := &SizeResult{Size: size, Spec: spec, Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339), Loop: c.loop, LoopDIO: c.loop && loopDirectIO, Cold: c.cold && os.Geteuid() == 0}
+	// The fields that describe this run, not the tree.
+	thisRun := func(r *SizeResult) {
+		r.Machine, r.Date, r.Loop, r.Cold = machine(), time.Now().UTC().Format(time.RFC3339), c.loop, c.cold && os.Geteuid() == 0
+		r.LoopDIO = c.loop && loopDirectIO
+	}
+	res := &SizeResult{Size: size, Spec: spec}
+	thisRun(res)
 	name := srcName(size)
 	meta := filepath.Join(c.work, name+".json")
 	if b, err := os.ReadFile(meta); err == nil && json.Unmarshal(b, res) == nil && res.Spec == spec {
-		res.Machine, res.Date, res.Loop, res.Cold = machine(), time.Now().UTC().Format(time.RFC3339), c.loop, c.cold && os.Geteuid() == 0
-		res.LoopDIO = c.loop && loopDirectIO
+		thisRun(res)
 		if c.loop {
 			if _, err := os.Stat(filepath.Join(c.work, name+".img")); err == nil {
 				f, err := mountImage(filepath.Join(c.work, name+".img"), filepath.Join(c.work, name))

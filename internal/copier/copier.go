@@ -288,26 +288,9 @@ func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
 	} else {
 		c.ownerWarn(d.Uid, d.Gid)
 	}
-	if d.Flags&(plan.DirUnreadable) == 0 && d.ID != 0 {
-		// The source directory's xattrs are read by name in its
-		// (cached) parent: no open and close of its own.
-		if pfd, err := c.srcDirs.Acquire(d.Parent); err == nil {
-			err := x.CopyPathToFd(fsx.ProcPath(pfd, string(d.Name)), dfd, c.xattrErr)
-			c.srcDirs.Release(d.Parent)
-			if err != nil {
-				c.fail(d.ID, nil, err)
-			}
-		} else {
-			c.fail(d.ID, nil, fmt.Errorf("open source directory for xattrs: %w", err))
-		}
-	} else if d.Flags&(plan.DirUnreadable) == 0 {
-		if sfd, err := openDir(c.srcDirs, c.srcRoot, d, unix.O_RDONLY); err == nil {
-			if err := x.CopyFd(sfd, dfd, c.xattrErr); err != nil {
-				c.fail(d.ID, nil, err)
-			}
-			unix.Close(sfd)
-		} else {
-			c.fail(d.ID, nil, fmt.Errorf("open source directory for xattrs: %w", err))
+	if d.Flags&(plan.DirUnreadable) == 0 {
+		if err := c.copyDirXattrs(d, dfd, x); err != nil {
+			c.fail(d.ID, nil, err)
 		}
 	}
 	if err := unix.Fchmod(dfd, d.Mode&07777); err != nil {
@@ -317,6 +300,26 @@ func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
 	if err := futimens(dfd, ts); err != nil {
 		c.fail(d.ID, nil, fmt.Errorf("set times: %w", err))
 	}
+}
+
+// copyDirXattrs copies the xattrs of source directory d to dfd. Below the
+// root they are read by name in d's (cached) parent, so the directory
+// needs no open and close of its own; the root has no parent to go by.
+func (c *Copier) copyDirXattrs(d *plan.Dir, dfd int, x *fsx.Xattrs) error {
+	if d.ID == 0 {
+		sfd, err := openDir(c.srcDirs, c.srcRoot, d, unix.O_RDONLY)
+		if err != nil {
+			return fmt.Errorf("open source directory for xattrs: %w", err)
+		}
+		defer unix.Close(sfd)
+		return x.CopyFd(sfd, dfd, c.xattrErr)
+	}
+	pfd, err := c.srcDirs.Acquire(d.Parent)
+	if err != nil {
+		return fmt.Errorf("open source directory for xattrs: %w", err)
+	}
+	defer c.srcDirs.Release(d.Parent)
+	return x.CopyPathToFd(fsx.ProcPath(pfd, string(d.Name)), dfd, c.xattrErr)
 }
 
 // futimens is utimensat(fd, NULL, ts, 0): set the times of an open file.

@@ -599,10 +599,8 @@ func (w *worker) linkBatch(recs [][]byte) (int, error) {
 	}
 	for i := range w.lops {
 		if w.lops[i].Err == nil {
-			c.Stats.Paths.Add(1)
-			c.Stats.Links.Add(1)
+			w.linked()
 			c.Stats.RingLinks.Add(1)
-			w.ctr.Paths.Add(1)
 			continue
 		}
 		if c.Fatal() != nil {
@@ -637,6 +635,13 @@ func (c *Copier) splitTarget(l *plan.Link, create bool) *linkTarget {
 	return t
 }
 
+// linked counts a link made.
+func (w *worker) linked() {
+	w.c.Stats.Paths.Add(1)
+	w.c.Stats.Links.Add(1)
+	w.ctr.Paths.Add(1)
+}
+
 // linkOne makes the link l: to the group's first path, or to the copy that
 // replaced it when the inode filled up.
 func (w *worker) linkOne(l *plan.Link) {
@@ -657,9 +662,7 @@ func (w *worker) linkOne(l *plan.Link) {
 		err := w.link(&ls, e)
 		switch {
 		case err == nil:
-			c.Stats.Paths.Add(1)
-			c.Stats.Links.Add(1)
-			w.ctr.Paths.Add(1)
+			w.linked()
 			return
 		case errors.Is(err, unix.EMLINK):
 			// The inode is full: copy it again here and link the rest of

@@ -368,7 +368,7 @@ func TestModesAndOwners(t *testing.T) {
 	for i, m := range modes {
 		p := filepath.Join(src, fmt.Sprintf("m%04o", m))
 		os.WriteFile(p, []byte(fmt.Sprint(i)), 0o600)
-		os.Chmod(p, os.FileMode(m&0o777)|map[bool]os.FileMode{true: os.ModeSetuid}[m&0o4000 != 0]|map[bool]os.FileMode{true: os.ModeSetgid}[m&0o2000 != 0]|map[bool]os.FileMode{true: os.ModeSticky}[m&0o1000 != 0])
+		unix.Chmod(p, m)
 		if root {
 			os.Lchown(p, 1000+i, 2000+i%3)
 		}
