@@ -451,7 +451,7 @@ func TestMultiPassMerge(t *testing.T) {
 	}{
 		{"fan-in-2", 0, true, true},
 		{"fan-in-4", 5 * minMergeBuf, true, true},
-		{"fan-in-7-default-tmpdir", 1 << 20, true, false},
+		{"fan-in-7-default-tmpdir", 8 * minMergeBuf, true, false},
 		{"single-pass", 64 << 20, false, true},
 	}
 	for _, tc := range tests {
@@ -490,12 +490,44 @@ func TestMultiPassMerge(t *testing.T) {
 	}
 }
 
+// TestMergeFramesAboveBuffer merges runs whose records are larger than the
+// per-run read buffer (minMergeBuf), in several passes: the readers must grow.
+func TestMergeFramesAboveBuffer(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	var recs [][]byte
+	for i := range 40 {
+		n := rng.IntN(MaxRecord + 1)
+		if i%5 == 0 {
+			n = MaxRecord
+		}
+		r := make([]byte, n)
+		for j := range r {
+			r[j] = byte(rng.IntN(4))
+		}
+		recs = append(recs, r)
+	}
+	if MaxRecord <= minMergeBuf {
+		t.Fatalf("MaxRecord %d fits minMergeBuf %d: nothing to test", MaxRecord, minMergeBuf)
+	}
+	runs := makeRuns(t, t.TempDir(), recs, 3*MaxRecord)
+	if len(runs) < 4 {
+		t.Fatalf("only %d runs", len(runs))
+	}
+	var buf bytes.Buffer
+	if _, err := Merge(runs, t.TempDir(), 0, &buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkSame(t, readAll(t, buf.Bytes()), sortedCopy(recs))
+}
+
 func TestMergePlan(t *testing.T) {
 	tests := []struct{ mem, runs, wantFanIn int }{
 		{0, 100, 2},
-		{1 << 20, 100, 7},
+		{1 << 20, 100, 31},
+		{4 << 20, 200, 127},
 		{64 << 20, 10, 63},
-		{64 << 20, 1000, 511},
+		{64 << 20, 1000, 1000},
+		{64 << 20, 3000, 2047},
 		{1 << 30, 3, 1023},
 	}
 	for _, tc := range tests {

@@ -14,9 +14,11 @@ import (
 )
 
 const (
-	// minMergeBuf is the smallest per-run read buffer; it holds any frame, so
-	// readers never grow their buffers.
-	minMergeBuf = 128 << 10
+	// minMergeBuf is the smallest per-run read buffer. A run's reader
+	// grows its buffer for a frame that does not fit (records are at most
+	// MaxRecord, and hlcp's are rarely above 1 KiB), so a small budget
+	// still merges many runs in one pass.
+	minMergeBuf = 32 << 10
 	// maxMergeBuf is the largest per-run read buffer.
 	maxMergeBuf = 1 << 20
 	// progressEvery is how many records pass between progress calls.
@@ -36,7 +38,7 @@ func mergePlan(memBytes, n int) (bufSize, fanIn int) {
 
 // Merge k-way merges the sorted runs into w as framed records in sorted order
 // and returns the number of records written. It uses about memBytes for its
-// read and write buffers (per-run buffers of 128 KiB to 1 MiB, at least 2 runs
+// read and write buffers (per-run buffers of 32 KiB to 1 MiB, at least 2 runs
 // at a time). When there are more runs than fit, it first merges groups of
 // runs (smallest first) into intermediate runs named merge-%06d in tmpDir (the
 // directory of the first run if tmpDir is ""), deleting the intermediates it
@@ -257,7 +259,7 @@ func MergeStream(runs []string, tmpDir string, memBytes int, progress func(done 
 		pw.CloseWithError(err)
 		errc <- err
 	}()
-	return NewReader(pr, 1<<20), func() error {
+	return NewReader(pr, 256<<10), func() error {
 		pr.Close()
 		return <-errc
 	}

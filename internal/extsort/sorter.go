@@ -22,7 +22,7 @@ import (
 )
 
 const (
-	minMem        = 1 << 20
+	minMem        = 256 << 10
 	maxRunWBuf    = 1 << 20       // run file bufio.Writer size
 	minRunWBuf    = 64 << 10      // ... scaled to memBytes/16 in between
 	maxBufferSize = math.MaxInt32 // per buffer; offsets are uint32
@@ -146,8 +146,8 @@ type spillResult struct {
 // New returns a sorter that writes runs into dir (which must exist) and uses at
 // most memBytes of RAM for its buffers in total: the run file write buffer and
 // two sort buffers (arena and index each), one filled by Add while the other is
-// sorted and written on a background goroutine. memBytes below 1 MiB is raised
-// to 1 MiB. Buffers are allocated on demand (the second one at the first
+// sorted and written on a background goroutine. memBytes below 256 KiB is raised
+// to 256 KiB. Buffers are allocated on demand (the second one at the first
 // spill) and reused. If sync is true each run file, and its directory entry, is
 // fsynced before the run is reported.
 func New(dir string, memBytes int, sync bool) *Sorter {
