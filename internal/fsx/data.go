@@ -133,7 +133,7 @@ func (d *DataCopier) Copy(sfd, dfd int, size int64, sparse bool, srcDev, dstDev 
 // how much of the source it maps at a time.
 const (
 	DirectMin    = 256 << 10
-	directWindow = 2 << 20
+	directWindow = 256 << 10
 )
 
 var errNoDirect = errors.New("O_DIRECT not supported")

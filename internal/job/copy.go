@@ -46,6 +46,16 @@ const StateName = ".hlcp-state"
 // DefaultMemory is the default budget for the whole process.
 const DefaultMemory = 128 << 20
 
+// sortShare: the scan's sort of the entries, and the plan's merge of them,
+// each get a 64th of the budget (2 MiB by default); the directories' sort
+// and the links' sort (beside the merge) get less. The scan and the sort
+// then stay below the copy phase's own working set (workers, directory
+// caches, prefetched files, the runtime), so the process's peak does not
+// grow with the tree. Bigger buffers would only mean fewer, longer runs:
+// the merge takes up to 64 runs a pass, and a 10M-path tree's sort phase
+// took 4 s of its 3 minutes with twice these buffers.
+const sortShare = 64
+
 // Options of copy (and move).
 type Options struct {
 	Src, Dst        string
@@ -209,9 +219,18 @@ func Copy(o Options) (int, error) {
 // setMemoryLimit gives the Go heap the budget, less room for stacks, the
 // runtime and buffers outside the heap, so that the collector runs before
 // garbage (a finished phase's sort buffers) pushes the process past it.
+// The collector also runs when the heap has grown by a quarter since the
+// last one, not the default doubling: hlcp's heap is mostly long-lived
+// pointer-free buffers, cheap to mark, and its time goes to syscalls, so
+// the collections cost about nothing while the heap's peak stays near what
+// is live.
 func setMemoryLimit(budget int64) {
 	debug.SetMemoryLimit(max(budget-24<<20, 16<<20))
+	debug.SetGCPercent(gcPercent)
 }
+
+// gcPercent is the heap growth that triggers a collection (GOGC).
+const gcPercent = 25
 
 func (r *runner) run() (int, error) {
 	o := &r.o
@@ -490,9 +509,11 @@ func (r *runner) phases() error {
 		return fmt.Errorf("open directory table: %w", err)
 	}
 	r.dirs = dirs
-	// A table that fits an eighth of the budget is read into RAM: lookups
-	// then cost no syscall.
-	if _, err := dirs.Load(r.o.Memory / 8); err != nil {
+	// The directories' parents and names are held in RAM when they fit a
+	// 64th of the budget: the directory caches' lookups then cost no
+	// syscall. A larger table is read from disk (two preads a lookup), so
+	// memory does not grow with the tree.
+	if _, err := dirs.LoadNames(r.o.Memory / 64); err != nil {
 		return fmt.Errorf("load directory table: %w", err)
 	}
 	// Room for a directory cache per side that holds every directory
@@ -611,8 +632,8 @@ func (r *runner) scanPhase() error {
 			return err
 		}
 	}
-	ents := extsort.New(filepath.Join(sdir, "e"), int(r.o.Memory/8), true)
-	dirs := extsort.New(filepath.Join(sdir, "d"), int(r.o.Memory/32), true)
+	ents := extsort.New(filepath.Join(sdir, "e"), int(r.o.Memory/sortShare), true)
+	dirs := extsort.New(filepath.Join(sdir, "d"), int(r.o.Memory/(4*sortShare)), true)
 	var exclude [][2]uint64
 	for _, p := range []string{r.o.Dst, j.Dir} {
 		var xs unix.Stat_t
@@ -673,7 +694,7 @@ func (r *runner) sortPhase() error {
 	}
 	ctr := r.rep.Phase("sort", "records", "")
 	ctr.Total.Store(r.sum.Scan.Entries)
-	mem := int(r.o.Memory / 8)
+	mem := int(r.o.Memory / sortShare)
 	dt, err := plan.BuildDirTable(abs(j.DirRuns), tmp, j.Path("dirs"), mem)
 	if err != nil {
 		return fmt.Errorf("sort directories: %w (the scan files may be damaged: rerun with --restart)", err)

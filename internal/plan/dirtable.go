@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -21,32 +23,49 @@ import (
 type DirTable struct {
 	f, idx *os.File
 	n      uint32
-	// When the table is small enough (see Load), it is held in RAM:
-	// mem is the dirs file, offs its index.
-	mem  []byte
-	offs []byte
+	// When the table's names are few enough (see LoadNames), each
+	// directory's parent and name are held in RAM for Resolve:
+	// names[nameOffs[id]:nameOffs[id+1]] is the parent id (4 bytes,
+	// big-endian) then the name.
+	names    []byte
+	nameOffs []uint32
 }
 
-// Load reads the whole table into memory when it takes at most maxBytes,
-// so that lookups need no syscalls. It reports whether it did.
-func (t *DirTable) Load(maxBytes int64) (bool, error) {
-	fi, err := t.f.Stat()
+// LoadNames reads every directory's parent and name into RAM when they take
+// at most maxBytes (about 8 bytes plus the name per directory), so that
+// Resolve, the directory caches' lookup, needs no syscall. It reports
+// whether it did. The rest of a record (owner, mode, times) stays on disk:
+// it is read once, in order, by Scan and ScanReverse.
+func (t *DirTable) LoadNames(maxBytes int64) (bool, error) {
+	if int64(t.n+1)*4 > maxBytes {
+		return false, nil
+	}
+	offs := make([]uint32, 0, t.n+1)
+	// Each record in the file is a frame of at least 1 byte holding
+	// DirHeader bytes and the name, so this bounds the names' total.
+	var names []byte
+	if fi, err := t.f.Stat(); err == nil {
+		if est := fi.Size() - int64(t.n)*(DirHeader+1-4); est > 0 && est+int64(cap(offs))*4 <= maxBytes {
+			names = make([]byte, 0, est)
+		}
+	}
+	errFull := errors.New("full")
+	err := t.Scan(0, func(d *Dir) error {
+		if int64(len(names)+4+len(d.Name))+int64(cap(offs))*4 > maxBytes || len(names)+4+len(d.Name) > math.MaxUint32 {
+			return errFull
+		}
+		offs = append(offs, uint32(len(names)))
+		names = binary.BigEndian.AppendUint32(names, d.Parent)
+		names = append(names, d.Name...)
+		return nil
+	})
+	if err == errFull {
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}
-	size := fi.Size() + int64(t.n+1)*8
-	if size > maxBytes {
-		return false, nil
-	}
-	mem := make([]byte, fi.Size())
-	if err := preadFull(t.f, mem, 0); err != nil {
-		return false, err
-	}
-	offs := make([]byte, int64(t.n+1)*8)
-	if err := preadFull(t.idx, offs, 0); err != nil {
-		return false, err
-	}
-	t.mem, t.offs = mem, offs
+	t.names, t.nameOffs = slices.Clip(names), append(offs, uint32(len(names)))
 	return true, nil
 }
 
@@ -58,7 +77,7 @@ func BuildDirTable(runs []string, tmpDir, path string, memBytes int) (*DirTable,
 	if err != nil {
 		return nil, err
 	}
-	bw := bufio.NewWriterSize(out, 1<<20)
+	bw := bufio.NewWriterSize(out, readBuf)
 	if _, err := extsort.Merge(runs, tmpDir, memBytes, bw, nil); err != nil {
 		out.Close()
 		return nil, fmt.Errorf("merge directory records: %w", err)
@@ -77,8 +96,8 @@ func BuildDirTable(runs []string, tmpDir, path string, memBytes int) (*DirTable,
 		out.Close()
 		return nil, err
 	}
-	iw := bufio.NewWriterSize(ix, 1<<20)
-	r := extsort.NewReader(out, 1<<20)
+	iw := bufio.NewWriterSize(ix, readBuf)
+	r := extsort.NewReader(out, readBuf)
 	var want uint32
 	var d Dir
 	for {
@@ -186,26 +205,16 @@ func (t *DirTable) Get(id uint32, d *Dir) error {
 		return fmt.Errorf("directory id %d out of range (%d directories)", id, t.n)
 	}
 	var ob [16]byte
-	if t.offs != nil {
-		copy(ob[:], t.offs[int64(id)*8:])
-	} else if err := preadFull(t.idx, ob[:], int64(id)*8); err != nil {
+	if err := preadFull(t.idx, ob[:], int64(id)*8); err != nil {
 		return fmt.Errorf("directory index: %w", err)
 	}
 	start, end := int64(binary.BigEndian.Uint64(ob[:])), int64(binary.BigEndian.Uint64(ob[8:]))
 	if end <= start || end-start > extsort.MaxRecord+10 {
 		return fmt.Errorf("directory index: bad extent %d..%d for id %d", start, end, id)
 	}
-	var buf []byte
-	if t.mem != nil {
-		if end > int64(len(t.mem)) {
-			return fmt.Errorf("directory index: extent %d..%d past the table", start, end)
-		}
-		buf = t.mem[start:end]
-	} else {
-		buf = make([]byte, end-start)
-		if err := preadFull(t.f, buf, start); err != nil {
-			return fmt.Errorf("directory table: %w", err)
-		}
+	buf := make([]byte, end-start)
+	if err := preadFull(t.f, buf, start); err != nil {
+		return fmt.Errorf("directory table: %w", err)
 	}
 	l, k := binary.Uvarint(buf)
 	if k <= 0 || int64(k)+int64(l) != end-start {
@@ -216,6 +225,10 @@ func (t *DirTable) Get(id uint32, d *Dir) error {
 
 // Resolve is a fsx.Resolver over the table.
 func (t *DirTable) Resolve(id uint32) (uint32, string, error) {
+	if t.nameOffs != nil && id < t.n {
+		rec := t.names[t.nameOffs[id]:t.nameOffs[id+1]]
+		return binary.BigEndian.Uint32(rec), string(rec[4:]), nil
+	}
 	var d Dir
 	if err := t.Get(id, &d); err != nil {
 		return 0, "", err
@@ -227,14 +240,14 @@ func (t *DirTable) Resolve(id uint32) (uint32, string, error) {
 // root), for messages. Errors are folded into the text.
 func (t *DirTable) Path(id uint32) string {
 	var parts []string
-	var d Dir
 	for id != 0 {
-		if err := t.Get(id, &d); err != nil {
+		parent, name, err := t.Resolve(id)
+		if err != nil {
 			parts = append(parts, fmt.Sprintf("<dir %d: %v>", id, err))
 			break
 		}
-		parts = append(parts, string(d.Name))
-		id = d.Parent
+		parts = append(parts, name)
+		id = parent
 	}
 	for i, j := 0, len(parts)-1; i < j; i, j = i+1, j-1 {
 		parts[i], parts[j] = parts[j], parts[i]
@@ -266,7 +279,7 @@ func (t *DirTable) Scan(from uint32, fn func(d *Dir) error) error {
 		return err
 	}
 	sr := io.NewSectionReader(t.f, int64(binary.BigEndian.Uint64(ob[:])), 1<<62)
-	r := extsort.NewReader(sr, 1<<20)
+	r := extsort.NewReader(sr, readBuf)
 	var d Dir
 	for id := from; id < t.n; id++ {
 		rec, err := r.Next()

@@ -119,6 +119,38 @@ func TestDirTable(t *testing.T) {
 	}); err != nil || next != n {
 		t.Errorf("Scan: %v (ended at %d)", err, next)
 	}
+	// Resolve answers the same from disk, from RAM, and after a budget
+	// too small to load the names.
+	for _, tc := range []struct {
+		name   string
+		budget int64
+		loaded bool
+	}{{"disk", -1, false}, {"too-small", 100 << 10, false}, {"ram", 1 << 20, true}} {
+		if tc.budget >= 0 {
+			if ok, err := tab.LoadNames(tc.budget); err != nil || ok != tc.loaded {
+				t.Fatalf("%s: LoadNames(%d) = %v, %v; want %v", tc.name, tc.budget, ok, err, tc.loaded)
+			}
+		}
+		if got := tab.nameOffs != nil; got != tc.loaded {
+			t.Fatalf("%s: names in RAM %v, want %v", tc.name, got, tc.loaded)
+		}
+		for _, id := range []uint32{0, 1, 2, 6, 999, n - 1} {
+			parent, name, err := tab.Resolve(id)
+			wantName := fmt.Sprintf("d%d", id)
+			if id == 0 {
+				wantName = ""
+			}
+			if err != nil || parent != id/2 || name != wantName {
+				t.Errorf("%s: Resolve(%d) = %d, %q, %v", tc.name, id, parent, name, err)
+			}
+		}
+		if _, _, err := tab.Resolve(n); err == nil {
+			t.Errorf("%s: Resolve past the end must fail", tc.name)
+		}
+		if p := tab.Path(6); p != "d1/d3/d6" {
+			t.Errorf("%s: Path(6) = %q", tc.name, p)
+		}
+	}
 	want := uint32(n - 1)
 	seen := 0
 	if err := tab.ScanReverse(n, func(d *Dir) error {

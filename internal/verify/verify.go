@@ -304,7 +304,7 @@ func (r *run) scan() error {
 			return fmt.Errorf("%s directories: %w", s.name, err)
 		}
 		s.dt = dt
-		if _, err := dt.Load(r.o.Memory / 16); err != nil {
+		if _, err := dt.LoadNames(r.o.Memory / 64); err != nil {
 			return err
 		}
 		fd, err := unix.Open(s.root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
