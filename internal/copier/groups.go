@@ -20,12 +20,15 @@ import (
 // a link task is a batch of link records, cut where the destination
 // directory changes once it holds minLinkTask records, so that a directory
 // is mostly linked into by one worker at a time.
+// A task's buffer starts at the size its kind usually needs (64 records
+// of about 80 bytes; a full link task) and grows for longer names.
 const (
 	maxCreateRecs = 64
 	maxTaskBytes  = 64 << 10
+	createTaskBuf = 8 << 10
 	minLinkTask   = 256
-	maxLinkTask   = 4096
-	maxLinkBytes  = 256 << 10
+	maxLinkTask   = 1024
+	maxLinkBytes  = 64 << 10
 	ringSize      = 256 // links per io_uring_enter
 )
 
@@ -185,14 +188,21 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 		ctr = new(progress.Counters)
 	}
 
-	// Two queues: the workers take link tasks first. Creates wait on the
-	// source disk (and the prefetcher keeps it busy ahead of them), links
-	// only on the CPU and the destination's journal; a link task waiting
-	// behind create tasks would leave the links of finished chunks to the
-	// end of the copy, after the data.
+	// Two queues. Creates wait on the disks (and the prefetcher keeps the
+	// source busy ahead of them), links only on the CPU and the
+	// destination's journal. Half the workers take link tasks first, the
+	// other half create tasks first; each takes the other kind when its
+	// own has none waiting. A link task waiting behind create tasks would
+	// leave the links of finished chunks to the end of the copy, after
+	// the data; with every worker taking links first, the disks stood
+	// idle while a chunk's links were made (on a 10M-path tree the copy
+	// alternated between data at 400 MiB/s and links at 0 B/s).
 	tasks := make(chan *task, 2*c.opt.Jobs)
 	ltasks := make(chan *task, c.opt.Jobs)
+	// Tasks are reused, each kind in its own pool, so a create task
+	// does not carry a link task's larger buffer.
 	free := make(chan *task, 4*c.opt.Jobs+prefetchQueue+prefetchWorkers)
+	lfree := make(chan *task, 2*c.opt.Jobs+1)
 	pf := c.newPrefetcher(tasks)
 	ct := newTracker(from.Plan, from.Groups)
 	lt := newTracker(from.Links, 0)
@@ -208,6 +218,7 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 		return Marks{Plan: off, Groups: groups, Links: loff}
 	}
 	var wg sync.WaitGroup
+	linkFirst := max(1, c.opt.Jobs/2)
 	for i := 0; i < c.opt.Jobs; i++ {
 		wg.Add(1)
 		go func() {
@@ -223,9 +234,12 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 					w.ring.Close()
 				}
 			}()
-			lq, cq := ltasks, tasks
+			first, second := ltasks, tasks
+			if i >= linkFirst {
+				first, second = tasks, ltasks
+			}
 			for {
-				t := nextTask(&lq, &cq)
+				t := nextTask(&first, &second)
 				if t == nil {
 					break
 				}
@@ -243,8 +257,12 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 					end = aborted
 				}
 				tr.complete(t.seq, end, int64(len(t.counts)))
+				pool := free
+				if t.links {
+					pool = lfree
+				}
 				select {
-				case free <- t:
+				case pool <- t:
 				default:
 				}
 			}
@@ -253,11 +271,15 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 	var poolMu sync.Mutex
 	newTask := func(links bool, seq *int64) *task {
 		var t *task
+		pool, size := free, createTaskBuf
+		if links {
+			pool, size = lfree, maxLinkBytes+512
+		}
 		select {
-		case t = <-free:
+		case t = <-pool:
 			t.reset()
 		default:
-			t = &task{buf: make([]byte, 0, maxTaskBytes+512), endOff: -1}
+			t = &task{buf: make([]byte, 0, size), endOff: -1}
 		}
 		poolMu.Lock()
 		t.seq = *seq
@@ -423,33 +445,33 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 	return nil
 }
 
-// nextTask takes the next task: a link task if one is waiting, else
-// whichever comes first. A closed queue is set to nil; nil means both are
-// closed and empty.
-func nextTask(lq, cq *chan *task) *task {
-	for *lq != nil || *cq != nil {
-		if *lq != nil {
+// nextTask takes the next task: one from the first queue if one is
+// waiting, else whichever comes first. A closed queue is set to nil; nil
+// means both are closed and empty.
+func nextTask(first, second *chan *task) *task {
+	for *first != nil || *second != nil {
+		if *first != nil {
 			select {
-			case t, ok := <-*lq:
+			case t, ok := <-*first:
 				if ok {
 					return t
 				}
-				*lq = nil
+				*first = nil
 				continue
 			default:
 			}
 		}
 		select {
-		case t, ok := <-*lq:
+		case t, ok := <-*first:
 			if ok {
 				return t
 			}
-			*lq = nil
-		case t, ok := <-*cq:
+			*first = nil
+		case t, ok := <-*second:
 			if ok {
 				return t
 			}
-			*cq = nil
+			*second = nil
 		}
 	}
 	return nil
