@@ -105,7 +105,7 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error
 	// opens the directories of each group's first path, in inode order.
 	srcCache, dstCache := opt.DirCacheSize, opt.DirCacheSize
 	if opt.DirCacheSize == 0 {
-		srcCache = fsx.DirCacheSize(2)
+		srcCache = fsx.DirCacheSize(2, 0)
 		dstCache = srcCache
 	}
 	if opt.OnError == nil {

@@ -191,15 +191,26 @@ func (c *DirCache) Close() {
 
 // DirCacheSize is a capacity for one of n directory caches of a process:
 // a share of the open-file limit (which Go raises to the hard limit, and
-// RaiseFileLimit beyond it for root), kept between 256 and 262144 fds.
-func DirCacheSize(n int) int {
+// RaiseFileLimit beyond it for root), kept between 256 and 262144 fds, and
+// no more entries than memBytes holds for all n caches (DirCacheEntryBytes
+// each; memBytes <= 0: no memory bound). Without the memory bound a tree
+// with many directories on a system with a high file limit would hold a
+// cache entry, and an open file, per directory.
+func DirCacheSize(n int, memBytes int64) int {
+	c := int64(1024)
 	var r unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err != nil {
-		return 1024
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err == nil {
+		c = (int64(r.Cur) - 512) / int64(2*n)
 	}
-	c := (int64(r.Cur) - 512) / int64(2*n)
+	if memBytes > 0 {
+		c = min(c, memBytes/int64(n)/DirCacheEntryBytes)
+	}
 	return int(min(max(c, 256), 1<<18))
 }
+
+// DirCacheEntryBytes is the heap a DirCache entry takes (the entry and its
+// share of the map), rounded up; TestDirCacheEntryBytes measures it.
+const DirCacheEntryBytes = 128
 
 // RaiseFileLimit raises the open-file limit to want fds when the hard
 // limit allows it or the process may raise the hard limit (root, up to

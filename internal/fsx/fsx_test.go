@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -356,8 +358,55 @@ func TestRaiseFileLimit(t *testing.T) {
 	if got != after.Cur || after.Cur < before.Cur || after.Cur < min(want, before.Max) {
 		t.Errorf("got %d, limit now %d/%d (was %d/%d)", got, after.Cur, after.Max, before.Cur, before.Max)
 	}
-	if n := DirCacheSize(2); n < 256 || int64(n) > (int64(after.Cur)-512)/4+256 {
-		t.Errorf("DirCacheSize(2) = %d with a limit of %d", n, after.Cur)
+	if n := DirCacheSize(2, 0); n < 256 || int64(n) > (int64(after.Cur)-512)/4+256 {
+		t.Errorf("DirCacheSize(2, 0) = %d with a limit of %d", n, after.Cur)
+	}
+	for _, tc := range []struct {
+		mem  int64
+		want int
+	}{
+		{1 << 20, 1 << 20 / 2 / DirCacheEntryBytes},
+		{1, 256}, // at least 256
+	} {
+		if n := DirCacheSize(2, tc.mem); n != min(tc.want, DirCacheSize(2, 0)) {
+			t.Errorf("DirCacheSize(2, %d) = %d, want %d", tc.mem, n, tc.want)
+		}
+	}
+}
+
+// TestDirCacheEntryBytes measures a full cache's heap per entry against
+// DirCacheEntryBytes, which sizes the caches within the memory budget.
+func TestDirCacheEntryBytes(t *testing.T) {
+	dir := t.TempDir()
+	const n = 2000
+	for i := range n {
+		if err := os.Mkdir(filepath.Join(dir, fmt.Sprintf("d%d", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(root)
+	resolve := func(id uint32) (uint32, string, error) { return 0, fmt.Sprintf("d%d", id-1), nil }
+	c := NewDirCache(root, resolve, unix.O_PATH, n+10)
+	defer c.Close()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for id := uint32(1); id <= n; id++ {
+		if _, err := c.Acquire(id); err != nil {
+			t.Fatal(err)
+		}
+		c.Release(id)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := int64(after.HeapAlloc-before.HeapAlloc) / n
+	t.Logf("%d bytes of heap per cache entry", per)
+	if per > DirCacheEntryBytes {
+		t.Errorf("%d bytes per entry, more than DirCacheEntryBytes (%d)", per, DirCacheEntryBytes)
 	}
 }
 

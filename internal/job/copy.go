@@ -163,19 +163,20 @@ func PeakRSS() int64 {
 }
 
 type runner struct {
-	o         Options
-	rep       *progress.Reporter
-	j         *journal.Journal
-	errs      *errLog
-	srcFd     int
-	dstFd     int
-	start     time.Time
-	sum       Summary
-	stopped   atomic.Bool
-	cp        *copier.Copier
-	rm        *remove.Remover
-	dirs      *plan.DirTable
-	srcDevMap map[uint64]uint64
+	o            Options
+	rep          *progress.Reporter
+	j            *journal.Journal
+	errs         *errLog
+	srcFd        int
+	dstFd        int
+	start        time.Time
+	sum          Summary
+	stopped      atomic.Bool
+	cp           *copier.Copier
+	rm           *remove.Remover
+	dirs         *plan.DirTable
+	dirCacheSize int // entries per directory cache, within the budget
+	srcDevMap    map[uint64]uint64
 	// keepState: a move ended with paths kept in SRC; its state stays for
 	// a rerun.
 	keepState bool
@@ -510,17 +511,23 @@ func (r *runner) phases() error {
 	}
 	r.dirs = dirs
 	// The directories' parents and names are held in RAM when they fit a
-	// 64th of the budget: the directory caches' lookups then cost no
-	// syscall. A larger table is read from disk (two preads a lookup), so
-	// memory does not grow with the tree.
-	if _, err := dirs.LoadNames(r.o.Memory / 64); err != nil {
+	// 128th of the budget (1 MiB by default: some 60,000 directories); the
+	// directory caches' lookups then cost no syscall. A larger table is
+	// read from disk (two preads a lookup), so memory does not grow with
+	// the tree.
+	if _, err := dirs.LoadNames(r.o.Memory / 128); err != nil {
 		return fmt.Errorf("load directory table: %w", err)
 	}
 	// Room for a directory cache per side that holds every directory
-	// (see fsx.RaiseFileLimit), where the limits allow.
-	fsx.RaiseFileLimit(min(4*uint64(dirs.Len())+1024, 1<<20)) // DirCacheSize gives each of 2 caches a quarter
+	// (see fsx.RaiseFileLimit), where the limits and the budget allow:
+	// each cache's entries take at most a 128th of the budget (1 MiB,
+	// 8,192 directories, by default).
+	cacheMem := r.o.Memory / 64
+	perCache := min(uint64(dirs.Len()), uint64(cacheMem/2/fsx.DirCacheEntryBytes))
+	fsx.RaiseFileLimit(min(4*perCache+1024, 1<<20)) // DirCacheSize gives each of 2 caches a quarter
+	r.dirCacheSize = fsx.DirCacheSize(2, cacheMem)
 	r.cp, err = copier.New(r.srcFd, r.dstFd, dirs, copier.Options{
-		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries, SrcDevMap: r.srcDevMap,
+		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries, SrcDevMap: r.srcDevMap, DirCacheSize: r.dirCacheSize,
 		NoPrefetch: os.Getenv("HLCP_NO_PREFETCH") != "", // for A/B measurements
 		NoRing:     os.Getenv("HLCP_NO_URING") != "",    // links one linkat at a time, as where io_uring is missing
 		NoDirect:   os.Getenv("HLCP_NO_DIRECT") != "",   // sendfile for all data between filesystems
@@ -805,7 +812,7 @@ func (r *runner) finishPhase() error {
 // removePhase is move's last stage: source files, then source directories.
 func (r *runner) removePhase() error {
 	j := r.j
-	r.rm = remove.New(r.srcFd, r.dstFd, r.dirs, remove.Options{Checksum: r.o.Checksum, OnError: r.errs.add, SrcDevMap: r.srcDevMap, ProbeDir: j.Dir})
+	r.rm = remove.New(r.srcFd, r.dstFd, r.dirs, remove.Options{Checksum: r.o.Checksum, OnError: r.errs.add, DirCacheSize: r.dirCacheSize, SrcDevMap: r.srcDevMap, ProbeDir: j.Dir})
 	stop := func() error {
 		if r.stopped.Load() {
 			return errInterrupted

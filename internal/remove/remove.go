@@ -76,7 +76,7 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) *Remover {
 		opt.OnError = func(string, error) {}
 	}
 	if opt.DirCacheSize == 0 {
-		opt.DirCacheSize = fsx.DirCacheSize(2)
+		opt.DirCacheSize = fsx.DirCacheSize(2, 0)
 	}
 	r := &Remover{opt: opt, srcRoot: srcRoot, dstRoot: dstRoot, dirs: dirs}
 	r.srcDirs = fsx.NewDirCache(srcRoot, dirs.Resolve, unix.O_PATH, opt.DirCacheSize)

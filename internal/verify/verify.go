@@ -304,7 +304,7 @@ func (r *run) scan() error {
 			return fmt.Errorf("%s directories: %w", s.name, err)
 		}
 		s.dt = dt
-		if _, err := dt.LoadNames(r.o.Memory / 64); err != nil {
+		if _, err := dt.LoadNames(r.o.Memory / 128); err != nil {
 			return err
 		}
 		fd, err := unix.Open(s.root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -312,7 +312,7 @@ func (r *run) scan() error {
 			return err
 		}
 		s.fd = fd
-		s.cache = fsx.NewDirCache(fd, dt.Resolve, unix.O_PATH, fsx.DirCacheSize(2))
+		s.cache = fsx.NewDirCache(fd, dt.Resolve, unix.O_PATH, fsx.DirCacheSize(2, r.o.Memory/64))
 	}
 	return nil
 }
