@@ -24,21 +24,22 @@ import (
 )
 
 type config struct {
-	sizes    []string
-	tools    []string
-	runs     int
-	work     string
-	out      string
-	hlcp     string
-	loop     bool
-	strace   bool
-	straceT  []string // tools whose syscalls are counted
-	verify   bool
-	noCheck  bool
-	cold     bool
-	keepSrc  bool
-	jobsFlag string
-	limit    time.Duration
+	sizes     []string
+	tools     []string
+	runs      int
+	work      string
+	out       string
+	hlcp      string
+	loop      bool
+	strace    bool
+	straceT   []string // tools whose syscalls are counted
+	straceMax int64    // trees with more paths are not straced
+	verify    bool
+	noCheck   bool
+	cold      bool
+	keepSrc   bool
+	jobsFlag  string
+	limit     time.Duration
 }
 
 func main() {
@@ -60,6 +61,7 @@ func main() {
 	flag.BoolVar(&c.cold, "cold", true, "drop the page cache before each timed run (root only)")
 	flag.BoolVar(&c.keepSrc, "keep-src", true, "keep generated source trees for later runs")
 	flag.StringVar(&c.jobsFlag, "hlcp-jobs", "", "pass -j to hlcp")
+	flag.Int64Var(&c.straceMax, "strace-max-paths", 3_000_000, "with -strace, count syscalls only on trees of at most this many paths (0: all); cp -a under strace takes about 8 times its time")
 	flag.DurationVar(&c.limit, "limit", 0, "time limit of each peer's run (default: 10x hlcp's time on the tree, at least 2m)")
 	flag.Parse()
 	c.sizes = strings.Split(sizesF, ",")

@@ -225,7 +225,7 @@ func benchSize(c *config, size string, spec Spec) (*SizeResult, error) {
 			dst.destroy()
 		}
 		tr.Median = median(tr.Runs)
-		if c.strace && slices.Contains(c.straceT, name) {
+		if c.strace && slices.Contains(c.straceT, name) && (c.straceMax <= 0 || res.Paths <= c.straceMax) {
 			dst, err := mkfsMount(c.work, "dst", dstBytes, usedI+usedI/4+100000, c.loop)
 			if err != nil {
 				return nil, err
