@@ -100,9 +100,6 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error
 	if opt.Jobs < 1 {
 		opt.Jobs = 1
 	}
-	// The destination cache gets most of the fds: links go into every
-	// directory of the tree, chunk after chunk, while the source side only
-	// opens the directories of each group's first path, in inode order.
 	srcCache, dstCache := opt.DirCacheSize, opt.DirCacheSize
 	if opt.DirCacheSize == 0 {
 		srcCache = fsx.DirCacheSize(2, 0)

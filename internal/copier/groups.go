@@ -190,8 +190,8 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 
 	// Two queues. Creates wait on the disks (and the prefetcher keeps the
 	// source busy ahead of them), links only on the CPU and the
-	// destination's journal. Half the workers take link tasks first, the
-	// other half create tasks first; each takes the other kind when its
+	// destination's journal. Half the workers (at least one) take link
+	// tasks first, the others create tasks first; each takes the other kind when its
 	// own has none waiting. A link task waiting behind create tasks would
 	// leave the links of finished chunks to the end of the copy, after
 	// the data; with every worker taking links first, the disks stood

@@ -55,8 +55,8 @@ func (c *Copier) newPrefetcher(out chan *task) *prefetcher {
 }
 
 // prefetchFdBound is how many prefetched fds may be open at once: what the
-// open-file limit leaves beside the two directory caches (which take half
-// of it, see fsx.DirCacheSize) and some room, at most 4096.
+// open-file limit leaves beside the two directory caches (which take at
+// most half of it, see fsx.DirCacheSize) and some room, at most 4096.
 func prefetchFdBound() int64 {
 	var r unix.Rlimit
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &r) != nil {

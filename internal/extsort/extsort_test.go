@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -515,6 +516,34 @@ func TestMergeFramesAboveBuffer(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	if _, err := Merge(runs, t.TempDir(), 0, &buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkSame(t, readAll(t, buf.Bytes()), sortedCopy(recs))
+}
+
+// TestMergeFileLimit: a budget that allows a fan-in above the open-file
+// limit merges in passes instead of failing with EMFILE.
+func TestMergeFileLimit(t *testing.T) {
+	recs := benchRecords(20000)
+	runs := makeRuns(t, t.TempDir(), recs, 8<<10)
+	if len(runs) < 150 {
+		t.Fatalf("only %d runs", len(runs))
+	}
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	low := old
+	low.Cur = 128
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Skipf("cannot lower the file limit: %v", err)
+	}
+	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old)
+	if _, fanIn := mergePlan(64<<20, len(runs)); fanIn < len(runs) || maxOpenRuns() > 32 {
+		t.Fatalf("fan-in %d for %d runs, maxOpenRuns %d: the test needs a budget above the limit", fanIn, len(runs), maxOpenRuns())
+	}
+	var buf bytes.Buffer
+	if _, err := Merge(runs, t.TempDir(), 64<<20, &buf, nil); err != nil {
 		t.Fatal(err)
 	}
 	checkSame(t, readAll(t, buf.Bytes()), sortedCopy(recs))

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 )
 
 const (
@@ -36,6 +37,17 @@ func mergePlan(memBytes, n int) (bufSize, fanIn int) {
 	return bufSize, fanIn
 }
 
+// maxOpenRuns bounds the fan-in by the open-file limit: a merge keeps a
+// quarter of it at most, for the other merges and directory caches of the
+// process. Small buffers allow a fan-in of thousands.
+func maxOpenRuns() int {
+	var r syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) != nil {
+		return 256
+	}
+	return int(max(min(r.Cur, 1<<20)/4, 2))
+}
+
 // Merge k-way merges the sorted runs into w as framed records in sorted order
 // and returns the number of records written. It uses about memBytes for its
 // read and write buffers (per-run buffers of 32 KiB to 1 MiB, at least 2 runs
@@ -50,6 +62,7 @@ func Merge(runs []string, tmpDir string, memBytes int, w io.Writer, progress fun
 		tmpDir = filepath.Dir(runs[0])
 	}
 	bufSize, fanIn := mergePlan(memBytes, len(runs))
+	fanIn = min(fanIn, maxOpenRuns())
 
 	type source struct {
 		path string

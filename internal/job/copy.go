@@ -227,7 +227,9 @@ func Copy(o Options) (int, error) {
 // is live.
 func setMemoryLimit(budget int64) {
 	debug.SetMemoryLimit(max(budget-24<<20, 16<<20))
-	debug.SetGCPercent(gcPercent)
+	if os.Getenv("GOGC") == "" { // a GOGC set by hand (GOGC=off for a measurement) stays
+		debug.SetGCPercent(gcPercent)
+	}
 }
 
 // gcPercent is the heap growth that triggers a collection (GOGC).
@@ -812,6 +814,11 @@ func (r *runner) finishPhase() error {
 // removePhase is move's last stage: source files, then source directories.
 func (r *runner) removePhase() error {
 	j := r.j
+	// The copy is done with its directory caches: their fds and memory
+	// go to the remover's.
+	if r.cp != nil {
+		r.cp.Close()
+	}
 	r.rm = remove.New(r.srcFd, r.dstFd, r.dirs, remove.Options{Checksum: r.o.Checksum, OnError: r.errs.add, DirCacheSize: r.dirCacheSize, SrcDevMap: r.srcDevMap, ProbeDir: j.Dir})
 	stop := func() error {
 		if r.stopped.Load() {

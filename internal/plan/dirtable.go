@@ -18,8 +18,9 @@ import (
 
 // DirTable is the sorted directory records (file "dirs") with an index of
 // their offsets by id (file "dirs.idx": n+1 big-endian uint64). Lookups are
-// two preads; nothing is held in RAM, so it scales with the disk, not the
-// budget. Safe for concurrent use.
+// two preads; only the names and parents are held in RAM, and only when
+// they fit the share of the budget given to LoadNames, so it scales with
+// the disk, not the budget. Safe for concurrent use.
 type DirTable struct {
 	f, idx *os.File
 	n      uint32
@@ -51,12 +52,17 @@ func (t *DirTable) LoadNames(maxBytes int64) (bool, error) {
 	}
 	errFull := errors.New("full")
 	err := t.Scan(0, func(d *Dir) error {
-		if int64(len(names)+4+len(d.Name))+int64(cap(offs))*4 > maxBytes || len(names)+4+len(d.Name) > math.MaxUint32 {
+		if int64(len(names))+4+int64(len(d.Name)) > math.MaxUint32 {
 			return errFull
 		}
 		offs = append(offs, uint32(len(names)))
 		names = binary.BigEndian.AppendUint32(names, d.Parent)
 		names = append(names, d.Name...)
+		// What is allocated counts, not what is used (names grows
+		// by doubling when the estimate above was over the budget).
+		if int64(cap(names))+int64(cap(offs))*4 > maxBytes {
+			return errFull
+		}
 		return nil
 	})
 	if err == errFull {
@@ -198,8 +204,7 @@ func preadFull(f *os.File, b []byte, off int64) error {
 	return nil
 }
 
-// Get reads directory id. d.Name must not be modified; it is valid as long
-// as the table is open.
+// Get reads directory id into d (d.Name is a new slice).
 func (t *DirTable) Get(id uint32, d *Dir) error {
 	if id >= t.n {
 		return fmt.Errorf("directory id %d out of range (%d directories)", id, t.n)
