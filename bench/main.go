@@ -34,6 +34,7 @@ type config struct {
 	strace    bool
 	straceT   []string // tools whose syscalls are counted
 	straceMax int64    // trees with more paths are not straced
+	plotOnly  bool     // only redraw the plot from the JSON in out
 	verify    bool
 	noCheck   bool
 	cold      bool
@@ -62,6 +63,7 @@ func main() {
 	flag.BoolVar(&c.keepSrc, "keep-src", true, "keep generated source trees for later runs")
 	flag.StringVar(&c.jobsFlag, "hlcp-jobs", "", "pass -j to hlcp")
 	flag.Int64Var(&c.straceMax, "strace-max-paths", 3_000_000, "with -strace, count syscalls only on trees of at most this many paths (0: all); cp -a under strace takes about 8 times its time")
+	flag.BoolVar(&c.plotOnly, "plot-only", false, "run nothing: redraw scaling.png from the JSON results in -out")
 	flag.DurationVar(&c.limit, "limit", 0, "time limit of each peer's run (default: 10x hlcp's time on the tree, at least 2m)")
 	flag.Parse()
 	c.sizes = strings.Split(sizesF, ",")
@@ -84,7 +86,7 @@ func run(c *config) error {
 	if err := os.MkdirAll(c.out, 0o755); err != nil {
 		return err
 	}
-	if c.hlcp == "" {
+	if c.hlcp == "" && !c.plotOnly {
 		c.hlcp = filepath.Join(c.work, "hlcp")
 		logf("building hlcp")
 		if out, err := exec.Command("go", "build", "-o", c.hlcp, "./cmd/hlcp").CombinedOutput(); err != nil {
@@ -97,6 +99,9 @@ func run(c *config) error {
 		}
 	}
 	for _, size := range c.sizes {
+		if c.plotOnly {
+			break
+		}
 		spec, ok := sizes[size]
 		if !ok {
 			return fmt.Errorf("unknown size %q", size)

@@ -13,7 +13,9 @@ import (
 )
 
 // plotResults draws wall time and peak RSS against tree size (paths), one
-// line per tool, into a PNG.
+// line per tool, into a PNG. A run killed at the time limit is drawn where
+// it stood when killed, a lower bound of its time and of its peak RSS, and
+// circled in black.
 func plotResults(all []*SizeResult, path string) error {
 	if len(all) == 0 {
 		return fmt.Errorf("no results")
@@ -33,12 +35,16 @@ func plotResults(all []*SizeResult, path string) error {
 		p.Legend.Top = true
 		p.Legend.Left = true
 		var args []any
+		var killed plotter.XYs
 		for _, name := range toolNames() {
 			var pts plotter.XYs
 			for _, r := range all {
 				for _, t := range r.Copy {
-					if t.Tool == name && t.Median.Exit == 0 {
+					if t.Tool == name && (t.Median.Exit == 0 || t.Median.Killed) {
 						pts = append(pts, plotter.XY{X: float64(r.Paths), Y: val(t.Median)})
+						if t.Median.Killed {
+							killed = append(killed, pts[len(pts)-1])
+						}
 					}
 				}
 			}
@@ -48,6 +54,15 @@ func plotResults(all []*SizeResult, path string) error {
 		}
 		if err := plotutil.AddLinePoints(p, args...); err != nil {
 			return nil, err
+		}
+		if len(killed) > 0 {
+			s, err := plotter.NewScatter(killed)
+			if err != nil {
+				return nil, err
+			}
+			s.GlyphStyle = draw.GlyphStyle{Color: color.Black, Radius: vg.Points(6), Shape: draw.RingGlyph{}}
+			p.Add(s)
+			p.Legend.Add("killed at the time limit (at least)", s)
 		}
 		p.Add(plotter.NewGrid())
 		return p, nil
