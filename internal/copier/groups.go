@@ -191,18 +191,24 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 	// Two queues. Creates wait on the disks (and the prefetcher keeps the
 	// source busy ahead of them), links only on the CPU and the
 	// destination's journal. Half the workers (at least one) take link
-	// tasks first, the others create tasks first; each takes the other kind when its
-	// own has none waiting. A link task waiting behind create tasks would
-	// leave the links of finished chunks to the end of the copy, after
-	// the data; with every worker taking links first, the disks stood
-	// idle while a chunk's links were made (on a 10M-path tree the copy
-	// alternated between data at 400 MiB/s and links at 0 B/s).
+	// tasks first, the others create tasks first; each takes the other
+	// kind when its own has none waiting. A link task waiting behind
+	// create tasks would leave the links of finished chunks to the end of
+	// the copy, after the data; with every worker taking links first, the
+	// disks stood idle while a chunk's links were made (on a 10M-path tree
+	// the copy alternated between data at 400 MiB/s and links at 0 B/s).
 	tasks := make(chan *task, 2*c.opt.Jobs)
 	ltasks := make(chan *task, c.opt.Jobs)
 	// Tasks are reused, each kind in its own pool, so a create task
 	// does not carry a link task's larger buffer.
 	free := make(chan *task, 4*c.opt.Jobs+prefetchQueue+prefetchWorkers)
 	lfree := make(chan *task, 2*c.opt.Jobs+1)
+	poolOf := func(links bool) chan *task {
+		if links {
+			return lfree
+		}
+		return free
+	}
 	pf := c.newPrefetcher(tasks)
 	ct := newTracker(from.Plan, from.Groups)
 	lt := newTracker(from.Links, 0)
@@ -257,12 +263,8 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 					end = aborted
 				}
 				tr.complete(t.seq, end, int64(len(t.counts)))
-				pool := free
-				if t.links {
-					pool = lfree
-				}
 				select {
-				case pool <- t:
+				case poolOf(t.links) <- t:
 				default:
 				}
 			}
@@ -271,12 +273,12 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 	var poolMu sync.Mutex
 	newTask := func(links bool, seq *int64) *task {
 		var t *task
-		pool, size := free, createTaskBuf
+		size := createTaskBuf
 		if links {
-			pool, size = lfree, maxLinkBytes+512
+			size = maxLinkBytes + 512
 		}
 		select {
-		case t = <-pool:
+		case t = <-poolOf(links):
 			t.reset()
 		default:
 			t = &task{buf: make([]byte, 0, size), endOff: -1}

@@ -203,9 +203,15 @@ func DirCacheSize(n int, memBytes int64) int {
 		c = (int64(r.Cur) - 512) / int64(2*n)
 	}
 	if memBytes > 0 {
-		c = min(c, memBytes/int64(n)/DirCacheEntryBytes)
+		c = min(c, DirCacheMemEntries(n, memBytes))
 	}
 	return int(min(max(c, 256), 1<<18))
+}
+
+// DirCacheMemEntries is how many entries each of n caches may hold within
+// memBytes for them all.
+func DirCacheMemEntries(n int, memBytes int64) int64 {
+	return memBytes / int64(n) / DirCacheEntryBytes
 }
 
 // DirCacheEntryBytes is the heap a DirCache entry takes (the entry and its

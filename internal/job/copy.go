@@ -525,7 +525,7 @@ func (r *runner) phases() error {
 	// each cache's entries take at most a 128th of the budget (1 MiB,
 	// 8,192 directories, by default).
 	cacheMem := r.o.Memory / 64
-	perCache := min(uint64(dirs.Len()), uint64(cacheMem/2/fsx.DirCacheEntryBytes))
+	perCache := min(uint64(dirs.Len()), uint64(fsx.DirCacheMemEntries(2, cacheMem)))
 	fsx.RaiseFileLimit(min(4*perCache+1024, 1<<20)) // DirCacheSize gives each of 2 caches a quarter
 	r.dirCacheSize = fsx.DirCacheSize(2, cacheMem)
 	r.cp, err = copier.New(r.srcFd, r.dstFd, dirs, copier.Options{

@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -71,7 +70,7 @@ func (t *DirTable) LoadNames(maxBytes int64) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	t.names, t.nameOffs = slices.Clip(names), append(offs, uint32(len(names)))
+	t.names, t.nameOffs = names, append(offs, uint32(len(names)))
 	return true, nil
 }
 
