@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,16 +24,26 @@ import (
 	"hlcp/internal/testutil"
 )
 
-// crashAt runs hlcp with HLCP_TEST_CRASH_AT=phase: it dies (exit 137) right
-// after the journal reaches that phase.
+// crashAt runs hlcp with HLCP_TEST_CRASH_AT=phase: it kills itself
+// (SIGKILL) right after the journal reaches that phase.
 func crashAt(t *testing.T, phase string, args ...string) {
 	t.Helper()
 	cmd := exec.Command(hlcpBin, args...)
 	cmd.Env = append(os.Environ(), "HLCP_TEST_CRASH_AT="+phase)
 	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 137 {
+	if !killed(err) {
 		t.Fatalf("the crash hook at %s did not fire: %v\n%s", phase, err, out)
 	}
+}
+
+// killed reports whether a command's error says it died of SIGKILL.
+func killed(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
 // linkGroups maps each inode of the tree to its number of paths.

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -16,8 +18,46 @@ import (
 
 	"hlcp/internal/job"
 	"hlcp/internal/progress"
+	"hlcp/internal/testhook"
 	"hlcp/internal/verify"
 )
+
+// version is the module version and the VCS revision the binary was built
+// from (debug.ReadBuildInfo): every bug report starts with it.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown version: built without module information)"
+	}
+	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	var rev, when, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			when = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = ", with uncommitted changes"
+			}
+		}
+	}
+	out := v
+	if rev != "" {
+		out += fmt.Sprintf(" (revision %s", rev)
+		if when != "" {
+			out += ", " + when
+		}
+		out += dirty + ")"
+	} else {
+		out += " (no VCS revision recorded: built outside a git checkout, or with -buildvcs=false)"
+	}
+	return out + ", " + bi.GoVersion + " " + runtime.GOOS + "/" + runtime.GOARCH
+}
 
 const exitCodes = `Exit codes:
   0    success: everything copied (move: and removed from SRC; verify: the trees are identical)
@@ -123,7 +163,8 @@ func (c *commonFlags) apply(o *job.Options) error {
 func jobFlags(cmd *cobra.Command, o *job.Options) {
 	f := cmd.Flags()
 	f.StringVar(&o.State, "state", "", "keep the job state in DIR instead of DST/.hlcp-state (on a fast disk, or when SRC has a .hlcp-state entry)")
-	f.BoolVar(&o.Restart, "restart", false, "discard the state of an unfinished job in DST and start over")
+	f.BoolVar(&o.Restart, "restart", false, "discard the state of an unfinished (or damaged) job in DST and start over")
+	f.BoolVar(&o.DiscardMoved, "discard-moved-data", false, "with --restart: discard even the state of a move that has removed source paths, whose only copy is in DST (a new job may then overwrite them)")
 	f.BoolVarP(&o.OneFileSystem, "one-file-system", "x", false, "do not descend into mount points below SRC (they are created empty)")
 	f.IntVar(&o.Retries, "retries", 3, "times to recopy a file that changes while it is copied before reporting it")
 	f.DurationVar(&o.CheckpointEvery, "checkpoint", 10*time.Second, "how often to make progress durable (syncfs + journal)")
@@ -261,8 +302,10 @@ Start with: hlcp demo
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.Version = version()
+	root.SetVersionTemplate("hlcp {{.Version}}\n")
 	root.AddCommand(copyCmd(), moveCmd(), verifyCmd(), statusCmd(), demoCmd())
-	if p := os.Getenv("HLCP_CPUPROFILE"); p != "" {
+	if p := testhook.CPUProfile; p != "" {
 		// For profiling (see bench/): HLCP_CPUPROFILE=cpu.pprof hlcp copy ...
 		if f, err := os.Create(p); err == nil {
 			pprof.StartCPUProfile(f)

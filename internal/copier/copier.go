@@ -17,7 +17,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -52,6 +51,9 @@ type Options struct {
 	// NoDirect copies data between filesystems with sendfile only, never
 	// with O_DIRECT writes from the mapped source.
 	NoDirect bool
+	// Copied, when not nil (a move), gets a record of each group's copy:
+	// the source's ctime then, and whether the copy is complete.
+	Copied *plan.Copied
 }
 
 // Stats of a copy; all fields are updated atomically.
@@ -124,6 +126,10 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error
 	return c, nil
 }
 
+// SetCopied sets Options.Copied: where to record each group's copy (for a
+// move; the file is made after the directories).
+func (c *Copier) SetCopied(cp *plan.Copied) { c.opt.Copied = cp }
+
 // Close releases cached directory fds.
 func (c *Copier) Close() {
 	c.srcDirs.Close()
@@ -158,7 +164,7 @@ func (c *Copier) Fatal() error {
 
 func (c *Copier) fail(dir uint32, name []byte, err error) {
 	if isFatal(err) {
-		c.setFatal(fmt.Errorf("%s: %w", c.dirs.Rel(dir, name), err))
+		c.setFatal(fmt.Errorf("%s: %w", fsx.Quote(c.dirs.Rel(dir, name)), err))
 		return
 	}
 	c.Stats.Errors.Add(1)
@@ -278,6 +284,7 @@ func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
 		return
 	}
 	defer unix.Close(dfd)
+	c.newEntries(d, dfd)
 	if c.opt.Owner {
 		if err := unix.Fchown(dfd, int(d.Uid), int(d.Gid)); err != nil {
 			c.metaFail(d.ID, nil, "chown", err)
@@ -296,6 +303,60 @@ func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
 	ts := []unix.Timespec{d.Atime, d.Mtime}
 	if err := futimens(dfd, ts); err != nil {
 		c.fail(d.ID, nil, fmt.Errorf("set times: %w", err))
+	}
+}
+
+// errAdded is the error of a source entry that the scan did not see.
+var errAdded = errors.New("in SRC but not copied: added (or renamed) after the scan; rerun the copy into an empty DST, or compare with hlcp verify")
+
+// newEntries reports the entries of source directory d that its copy dfd
+// lacks, when d's mtime is not what the scan saw: they came after the
+// scan (a resumed job works from the scan of its first run), and were not
+// copied. One fstatat per directory; the directory is listed only when
+// it changed.
+func (c *Copier) newEntries(d *plan.Dir, dfd int) {
+	if d.Flags&(plan.DirUnreadable|plan.DirGone|plan.DirMountSkipped) != 0 {
+		return
+	}
+	var st unix.Stat_t
+	if d.ID == 0 {
+		if unix.Fstat(c.srcRoot, &st) != nil {
+			return
+		}
+	} else {
+		pfd, err := c.srcDirs.Acquire(d.Parent)
+		if err != nil {
+			return
+		}
+		err = unix.Fstatat(pfd, string(d.Name), &st, unix.AT_SYMLINK_NOFOLLOW)
+		c.srcDirs.Release(d.Parent)
+		if err != nil {
+			return
+		}
+	}
+	if st.Mtim == d.Mtime || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return
+	}
+	sfd, err := openDir(c.srcDirs, c.srcRoot, d, unix.O_RDONLY|unix.O_NOATIME)
+	if errors.Is(err, unix.EPERM) {
+		sfd, err = openDir(c.srcDirs, c.srcRoot, d, unix.O_RDONLY)
+	}
+	if err != nil {
+		return
+	}
+	f := os.NewFile(uintptr(sfd), "source directory")
+	defer f.Close()
+	for {
+		names, err := f.Readdirnames(256)
+		for _, n := range names {
+			var ds unix.Stat_t
+			if errors.Is(unix.Fstatat(dfd, n, &ds, unix.AT_SYMLINK_NOFOLLOW), unix.ENOENT) {
+				c.fail(d.ID, []byte(n), errAdded)
+			}
+		}
+		if err != nil || len(names) == 0 {
+			return
+		}
 	}
 }
 
@@ -319,14 +380,8 @@ func (c *Copier) copyDirXattrs(d *plan.Dir, dfd int, x *fsx.Xattrs) error {
 	return x.CopyPathToFd(fsx.ProcPath(pfd, string(d.Name)), dfd, c.xattrErr)
 }
 
-// futimens is utimensat(fd, NULL, ts, 0): set the times of an open file.
-func futimens(fd int, ts []unix.Timespec) error {
-	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
-	if e != 0 {
-		return e
-	}
-	return nil
-}
+// futimens sets the times of an open file.
+var futimens = fsx.Futimens
 
 func (c *Copier) xattrErr(e *fsx.XattrError) {
 	c.opt.OnWarn("xattr "+e.Kind(), fmt.Sprintf("the destination did not take some extended attributes (%s); they were not copied", e.Kind()))
@@ -334,17 +389,19 @@ func (c *Copier) xattrErr(e *fsx.XattrError) {
 
 // metaFail reports a failed chown or chmod. A destination that cannot
 // hold owners or modes at all (vfat, exfat, some network filesystems:
-// EPERM, EOPNOTSUPP, EINVAL or, through FUSE, ENOSYS for every file) gets one warning per kind,
-// not an error per file.
-func (c *Copier) metaFail(dir uint32, name []byte, op string, err error) {
+// EPERM, EOPNOTSUPP, EINVAL or, through FUSE, ENOSYS for every file) gets
+// one warning per kind, not an error per file; metaFail then reports
+// true.
+func (c *Copier) metaFail(dir uint32, name []byte, op string, err error) (warned bool) {
 	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
 		if c.opt.Owner || op != "chown" {
 			what := map[string]string{"chown": "file owners (uid/gid)", "chmod": "these permission bits"}[op]
 			c.opt.OnWarn("meta "+op, fmt.Sprintf("the destination cannot store %s (%s: %v); they were not copied", what, op, err))
-			return
+			return true
 		}
 	}
 	c.fail(dir, name, fmt.Errorf("%s: %w", op, err))
+	return false
 }
 
 var myUID, myGID = uint32(os.Geteuid()), uint32(os.Getegid())
@@ -377,8 +434,8 @@ func (c *Copier) Stop(err error) { c.setFatal(err) }
 // still need in the destination: the allocated size of each group's first
 // source path (one fstatat per remaining inode). It gives up after limit
 // and then reports complete=false (the figure is a lower bound).
-func (c *Copier) Remaining(path string, from int64, limit time.Duration) (bytes, inodes int64, complete bool, err error) {
-	r, err := plan.OpenReader(path, from)
+func (c *Copier) Remaining(in Input, from int64, limit time.Duration) (bytes, inodes int64, complete bool, err error) {
+	r, err := plan.OpenReader(in.Dir, plan.PlanFile, in.Plan, from)
 	if err != nil {
 		return 0, 0, false, err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hlcp/internal/blockfile"
 	"hlcp/internal/fsx"
 	"hlcp/internal/plan"
 	"hlcp/internal/progress"
@@ -35,6 +36,7 @@ const (
 type task struct {
 	seq    int64
 	endOff int64 // file offset after the task's last record
+	group  int64 // create tasks: the index in the plan of the first record's group
 	recs   [][]byte
 	buf    []byte
 	counts []int64 // create tasks: the paths of each record's group
@@ -76,6 +78,12 @@ type linkSrc struct {
 	src   plan.Entry // the source path it was copied from
 	nlink uint64     // source st_nlink
 	size  int64
+	// What the copy saw of the source (create's result only): its
+	// ctime, whether it changed while copied, whether the copy lacks
+	// some of its metadata.
+	ctime   unix.Timespec
+	changed bool
+	metaBad bool
 }
 
 // linkTarget is where the paths of a group that had to be split are linked
@@ -163,23 +171,30 @@ type Marks struct {
 	Links  int64
 }
 
+// Input is the plan to copy: the plan file and the link file (plan.PlanFile,
+// plan.LinksFile) in Dir, as they were written.
+type Input struct {
+	Dir         *fsx.Dir
+	Plan, Links blockfile.Info
+}
+
 // Copy copies the plan: it creates each group's inode at its first path,
-// in inode order (the plan file at planPath), and makes the group's other
-// paths as links (the link file at linksPath, sorted by chunk of groups,
-// then by destination directory). Both go on at once: the links of a chunk
+// in inode order (the plan file), and makes the group's other paths as
+// links (the link file, sorted by chunk of groups, then by destination
+// directory). Both go on at once: the links of a chunk
 // are made as soon as the chunk's inodes exist, by the same workers, while
 // the creates go on with the next chunks. from is where an earlier run
 // stopped (or zero). checkpoint, if not nil, is called from another
 // goroutine about every `every` with the current marks, and once at the
 // end; an error from it stops the copy. ctr gets groups (Done), paths and
 // bytes.
-func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Counters, checkpoint func(Marks) error, every time.Duration) error {
-	pr, err := plan.OpenReader(planPath, from.Plan)
+func (c *Copier) Copy(in Input, from Marks, ctr *progress.Counters, checkpoint func(Marks) error, every time.Duration) error {
+	pr, err := plan.OpenReader(in.Dir, plan.PlanFile, in.Plan, from.Plan)
 	if err != nil {
 		return err
 	}
 	defer pr.Close()
-	lr, err := plan.OpenReader(linksPath, from.Links)
+	lr, err := plan.OpenReader(in.Dir, plan.LinksFile, in.Links, from.Links)
 	if err != nil {
 		return err
 	}
@@ -327,7 +342,9 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 	go func() {
 		defer dispatchers.Done()
 		var seq int64
+		group := from.Groups
 		cur := newTask(false, &seq)
+		cur.group = group
 		var prev []byte
 		for c.Fatal() == nil {
 			off := pr.Offset()
@@ -349,7 +366,9 @@ func (c *Copier) Copy(planPath, linksPath string, from Marks, ctr *progress.Coun
 				cur.endOff = off
 				pf.in <- cur
 				cur = newTask(false, &seq)
+				cur.group = group
 			}
+			group++
 			prev = append(prev[:0], rec...)
 			cur.add(rec)
 			cur.counts = append(cur.counts, 1)
@@ -490,6 +509,11 @@ type worker struct {
 	ring  *fsx.Ring
 	links []plan.Link
 	lops  []fsx.LinkOp
+	// metaBad: the inode being created did not get all of its metadata
+	// (see plan.CopiedMetaIncomplete).
+	metaBad bool
+	// copied: the records of a create task's groups, for the move.
+	copied []byte
 }
 
 // createTask creates the inode of each group of a create task at its
@@ -511,6 +535,8 @@ func (w *worker) createTask(t *task) {
 			}
 		}
 	}()
+	w.copied = w.copied[:0]
+	defer w.recordCopied(t)
 	for i, rec := range t.recs {
 		if c.Fatal() != nil {
 			return // stopping: the rest is redone from the checkpoint
@@ -528,9 +554,35 @@ func (w *worker) createTask(t *task) {
 			if ls.nlink > uint64(t.counts[i]) {
 				c.Stats.OutsideLinks.Add(1)
 			}
+			if c.opt.Copied != nil {
+				var flags uint8
+				if ls.changed {
+					flags |= plan.CopiedChanged
+				}
+				if ls.metaBad {
+					flags |= plan.CopiedMetaIncomplete
+				}
+				w.copied = plan.AppendCopied(w.copied, t.group+int64(i), ls.ctime, flags)
+			}
 		} else if c.Fatal() != nil {
 			return // stopping: the rest is redone from the checkpoint
 		}
+		if c.opt.Copied != nil && len(w.copied) < (i+1)*plan.CopiedRecord {
+			// No copy: a record of zeros, which reads as none.
+			w.copied = append(w.copied, make([]byte, plan.CopiedRecord)...)
+		}
+	}
+}
+
+// recordCopied writes the records of the groups of t that were reached,
+// with one write (the move checks them before it removes a source).
+func (w *worker) recordCopied(t *task) {
+	c := w.c
+	if c.opt.Copied == nil || len(w.copied) == 0 {
+		return
+	}
+	if err := c.opt.Copied.PutRange(t.group, w.copied); err != nil {
+		c.setFatal(err)
 	}
 }
 
@@ -705,10 +757,10 @@ func (w *worker) linkOne(l *plan.Link) {
 			w.extraCopy(&ls, e)
 			return
 		case errors.Is(err, unix.ENOENT):
-			c.fail(e.Dir, e.Name, fmt.Errorf("not linked to %s, which was not copied (see its error): %w", c.dirs.Rel(ls.dir, ls.name), err))
+			c.fail(e.Dir, e.Name, fmt.Errorf("not linked to %s, which was not copied (see its error): %w", fsx.Quote(c.dirs.Rel(ls.dir, ls.name)), err))
 			return
 		default:
-			c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", c.dirs.Rel(ls.dir, ls.name), err))
+			c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", fsx.Quote(c.dirs.Rel(ls.dir, ls.name)), err))
 			return
 		}
 	}
@@ -776,6 +828,7 @@ func (w *worker) create(src plan.Entry, dir uint32, name []byte, sfd int) *linkS
 	if sfd >= 0 {
 		defer unix.Close(sfd)
 	}
+	w.metaBad = false
 	spfd, err := c.srcDirs.Acquire(src.Dir)
 	if err != nil {
 		c.fail(src.Dir, src.Name, fmt.Errorf("open source directory: %w", err))
@@ -817,7 +870,8 @@ func (w *worker) create(src plan.Entry, dir uint32, name []byte, sfd int) *linkS
 	}
 	c.Stats.Paths.Add(1)
 	w.ctr.Paths.Add(1)
-	return &linkSrc{dir: dir, name: append([]byte(nil), name...), src: plan.Entry{Dev: src.Dev, Ino: src.Ino, Dir: src.Dir, Type: src.Type, Name: append([]byte(nil), src.Name...)}, nlink: uint64(st.Nlink), size: st.Size}
+	return &linkSrc{dir: dir, name: append([]byte(nil), name...), src: plan.Entry{Dev: src.Dev, Ino: src.Ino, Dir: src.Dir, Type: src.Type, Name: append([]byte(nil), src.Name...)}, nlink: uint64(st.Nlink), size: st.Size,
+		ctime: st.Ctim, changed: err != nil, metaBad: w.metaBad}
 }
 
 var errChanged = errors.New("changed while being copied (the copy may not match any single state of the file)")
@@ -956,23 +1010,41 @@ func (w *worker) setMeta(dfd, sfd int, st *unix.Stat_t, src plan.Entry) {
 	if c.opt.Owner {
 		if now.Uid != st.Uid || now.Gid != st.Gid {
 			if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
-				c.metaFail(src.Dir, src.Name, "chown", err)
+				w.metaFail(src, "chown", err)
 			}
 			now.Mode = ^uint32(0) // a chown may clear setuid and setgid bits
 		}
 	} else {
 		c.ownerWarn(st.Uid, st.Gid)
 	}
-	if err := w.x.CopyFd(sfd, dfd, c.xattrErr); err != nil {
+	if err := w.x.CopyFd(sfd, dfd, w.xattrErr); err != nil {
+		w.metaBad = true
 		c.fail(src.Dir, src.Name, err)
 	}
 	if now.Mode&07777 != st.Mode&07777 {
 		if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
-			c.metaFail(src.Dir, src.Name, "chmod", err)
+			w.metaFail(src, "chmod", err)
 		}
 	}
 	if err := futimens(dfd, []unix.Timespec{st.Atim, st.Mtim}); err != nil {
+		w.metaBad = true
 		c.fail(src.Dir, src.Name, fmt.Errorf("set times: %w", err))
+	}
+}
+
+// xattrErr is the copier's report of an xattr the destination refused,
+// which also marks the inode's copy as lacking some of its metadata.
+func (w *worker) xattrErr(e *fsx.XattrError) {
+	w.metaBad = true
+	w.c.xattrErr(e)
+}
+
+// metaFail reports a failed chown or chmod (see Copier.metaFail); one
+// that is an error, not the destination's lack of owners or modes, marks
+// the inode's copy as lacking some of its metadata.
+func (w *worker) metaFail(src plan.Entry, op string, err error) {
+	if !w.c.metaFail(src.Dir, src.Name, op, err) {
+		w.metaBad = true
 	}
 }
 
@@ -983,12 +1055,13 @@ func (w *worker) setMetaAt(spfd, dpfd int, name string, st *unix.Stat_t, src pla
 	c := w.c
 	if c.opt.Owner {
 		if err := unix.Fchownat(dpfd, name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			c.metaFail(src.Dir, src.Name, "chown", err)
+			w.metaFail(src, "chown", err)
 		}
 	} else {
 		c.ownerWarn(st.Uid, st.Gid)
 	}
-	if err := w.x.CopyPath(fsx.ProcPath(spfd, string(src.Name)), fsx.ProcPath(dpfd, name), c.xattrErr); err != nil {
+	if err := w.x.CopyPath(fsx.ProcPath(spfd, string(src.Name)), fsx.ProcPath(dpfd, name), w.xattrErr); err != nil {
+		w.metaBad = true
 		c.fail(src.Dir, src.Name, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
@@ -997,10 +1070,11 @@ func (w *worker) setMetaAt(spfd, dpfd int, name string, st *unix.Stat_t, src pla
 			err = chmodNoFollow(dpfd, name, st.Mode&07777)
 		}
 		if err != nil {
-			c.metaFail(src.Dir, src.Name, "chmod", err)
+			w.metaFail(src, "chmod", err)
 		}
 	}
 	if err := unix.UtimesNanoAt(dpfd, name, []unix.Timespec{st.Atim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		w.metaBad = true
 		c.fail(src.Dir, src.Name, fmt.Errorf("set times: %w", err))
 	}
 }
@@ -1033,26 +1107,13 @@ func (w *worker) copySymlink(spfd, dpfd int, src plan.Entry, name string, st *un
 	if err := checkInode(st, src, w.c.opt.SrcDevMap); err != nil {
 		return err
 	}
-	size := int(st.Size) + 1
-	if size < 256 {
-		size = 256
+	t, err := fsx.Readlink(spfd, sname, w.lbuf)
+	if err != nil {
+		return fmt.Errorf("readlink: %w", vanished(err))
 	}
-	for {
-		if cap(w.lbuf) < size {
-			w.lbuf = make([]byte, size)
-		}
-		n, err := unix.Readlinkat(spfd, sname, w.lbuf[:size])
-		if err != nil {
-			return fmt.Errorf("readlink: %w", vanished(err))
-		}
-		if n < size {
-			w.lbuf = w.lbuf[:n]
-			break
-		}
-		size *= 2
-	}
-	target := string(w.lbuf)
-	err := unix.Symlinkat(target, dpfd, name)
+	w.lbuf = t
+	target := string(t)
+	err = unix.Symlinkat(target, dpfd, name)
 	if errors.Is(err, unix.EEXIST) {
 		if err := unix.Unlinkat(dpfd, name, 0); err != nil {
 			return fmt.Errorf("replace existing: %w", err)

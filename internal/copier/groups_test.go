@@ -3,6 +3,7 @@ package copier
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hlcp/internal/blockfile"
 	"hlcp/internal/extsort"
 	"hlcp/internal/fsx"
 	"hlcp/internal/plan"
@@ -24,56 +26,113 @@ type pent struct {
 	rec []byte
 }
 
-// buildPlan makes a one-directory plan of every file directly in src, and
-// its link file (plan path + ".links").
-func buildPlan(t *testing.T, src, state string) (*plan.DirTable, string, []pent) {
-	var st unix.Stat_t
-	if err := unix.Stat(src, &st); err != nil {
-		t.Fatal(err)
-	}
-	d := plan.Dir{ID: 0}
-	d.SetStat(&st)
-	run := filepath.Join(state, "dirrun")
-	if err := os.WriteFile(run, extsort.AppendFrame(nil, plan.AppendDir(nil, &d)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tab, err := plan.BuildDirTable([]string{run}, state, filepath.Join(state, "dirs"), 1<<20)
+// built is a plan made by buildPlan: its directory table, the files to
+// copy from (in the state directory), its records with their offsets, and
+// its number of groups.
+type built struct {
+	tab    *plan.DirTable
+	in     Input
+	ents   []pent
+	groups int64
+	state  *fsx.Dir
+}
+
+// buildPlan makes the plan of the tree src (directories in pre-order, so
+// that parents come first; every other entry in the plan) with the
+// package plan's own builders, in the state directory state.
+func buildPlan(t *testing.T, src, state string) (*plan.DirTable, Input, []pent) {
+	b := buildPlanFull(t, src, state)
+	return b.tab, b.in, b.ents
+}
+
+func buildPlanFull(t *testing.T, src, state string) built {
+	t.Helper()
+	sd, err := fsx.OpenDir(state)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ents, _ := os.ReadDir(src)
-	var recs [][]byte
-	for _, e := range ents {
-		var s unix.Stat_t
-		unix.Lstat(filepath.Join(src, e.Name()), &s)
-		recs = append(recs, plan.AppendEntry(nil, s.Dev, s.Ino, 0, 8, []byte(e.Name())))
+	t.Cleanup(func() { sd.Close() })
+	edir, err := sd.Mkdir("eruns")
+	if err != nil {
+		t.Fatal(err)
 	}
-	sort.Slice(recs, func(i, j int) bool { return bytes.Compare(recs[i], recs[j]) < 0 })
-	var buf []byte
-	var out []pent
-	for _, r := range recs {
-		out = append(out, pent{int64(len(buf)), r})
-		buf = extsort.AppendFrame(buf, r)
+	defer edir.Close()
+	ddir, err := sd.Mkdir("druns")
+	if err != nil {
+		t.Fatal(err)
 	}
-	p := filepath.Join(state, "plan")
-	os.WriteFile(p, buf, 0o600)
-	var links [][]byte
-	for i := 0; i < len(recs); {
-		f, _ := plan.DecodeEntry(recs[i])
-		j := i + 1
-		for ; j < len(recs) && plan.SameInode(recs[i], recs[j]); j++ {
-			e, _ := plan.DecodeEntry(recs[j])
-			links = append(links, plan.AppendLink(nil, &plan.Link{Dir: e.Dir, Name: e.Name, TDir: f.Dir, TName: f.Name, Dev: e.Dev, Ino: e.Ino, Type: e.Type}))
+	defer ddir.Close()
+	ents := extsort.New(edir, 1<<20, false)
+	dirs := extsort.New(ddir, 1<<20, false)
+	var id uint32
+	var walk func(p string, parent uint32, name string)
+	walk = func(p string, parent uint32, name string) {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			t.Fatal(err)
 		}
-		i = j
+		d := plan.Dir{ID: id, Parent: parent, Name: []byte(name)}
+		id++
+		d.SetStat(&st)
+		if err := dirs.Add(plan.AppendDir(nil, &d)); err != nil {
+			t.Fatal(err)
+		}
+		des, err := os.ReadDir(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range des {
+			c := filepath.Join(p, e.Name())
+			if e.IsDir() {
+				walk(c, d.ID, e.Name())
+				continue
+			}
+			var s unix.Stat_t
+			if err := unix.Lstat(c, &s); err != nil {
+				t.Fatal(err)
+			}
+			if err := ents.Add(plan.AppendEntry(nil, s.Dev, s.Ino, d.ID, fsx.TypeOfMode(s.Mode), []byte(e.Name()))); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	sort.Slice(links, func(i, j int) bool { return bytes.Compare(links[i], links[j]) < 0 })
-	buf = buf[:0]
-	for _, l := range links {
-		buf = extsort.AppendFrame(buf, l)
+	walk(src, 0, "")
+	druns, _, _, err := dirs.Finish()
+	if err != nil {
+		t.Fatal(err)
 	}
-	os.WriteFile(p+".links", buf, 0o600)
-	return tab, p, out
+	eruns, _, _, err := ents.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, _, err := plan.BuildDirTable(druns, sd, sd, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tab.Close() })
+	st, files, err := plan.Build(eruns, sd, sd, 1<<20, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := Input{Dir: sd, Plan: files[plan.PlanFile], Links: files[plan.LinksFile]}
+	r, err := plan.OpenReader(sd, plan.PlanFile, in.Plan, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var out []pent
+	for {
+		off := r.Offset()
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, pent{off, append([]byte(nil), rec...)})
+	}
+	return built{tab: tab, in: in, ents: out, groups: st.Groups, state: sd}
 }
 
 // trees makes the directories of a test: SRC under srcBase (or the test's
@@ -136,7 +195,7 @@ func TestWatermarkAfterStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	var last int64
-	err = c.Copy(p, p+".links", Marks{}, nil, func(m Marks) error { last = m.Plan; return nil }, 0)
+	err = c.Copy(p, Marks{}, nil, func(m Marks) error { last = m.Plan; return nil }, 0)
 	t.Logf("Copy: %v; final watermark %d of plan size %d", err, last, len(ents))
 	missing := 0
 	for i, pe := range ents {
@@ -165,15 +224,16 @@ func TestWatermarkBigLast(t *testing.T) {
 	src, dst, state := trees(t, "")
 	linked(t, src, 2*maxLinkTask, "l%05d")
 	tab, p, _ := buildPlan(t, src, state)
-	fi, _ := os.Stat(p)
+	// The marks are logical offsets: the data, not the block checksums.
+	planEnd, _ := blockfile.Logical(p.Plan.Size)
+	linksEnd, _ := blockfile.Logical(p.Links.Size)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	c, _ := New(sfd, dfd, tab, Options{Jobs: 2})
 	var last Marks
-	err := c.Copy(p, p+".links", Marks{}, nil, func(m Marks) error { last = m; return nil }, 0)
-	t.Logf("Copy: %v; final marks %+v, plan size %d", err, last, fi.Size())
-	li, _ := os.Stat(p + ".links")
-	if last.Plan != fi.Size() || last.Groups != 1 || last.Links != li.Size() {
-		t.Errorf("final marks %+v, want plan size %d, 1 group, link file size %d", last, fi.Size(), li.Size())
+	err := c.Copy(p, Marks{}, nil, func(m Marks) error { last = m; return nil }, 0)
+	t.Logf("Copy: %v; final marks %+v, plan size %d", err, last, planEnd)
+	if last.Plan != planEnd || last.Groups != 1 || last.Links != linksEnd {
+		t.Errorf("final marks %+v, want plan size %d, 1 group, link file size %d", last, planEnd, linksEnd)
 	}
 }
 
@@ -203,7 +263,7 @@ func TestEmlinkSplits(t *testing.T) {
 	tab, p, _ := buildPlan(t, src, state)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	c, _ := New(sfd, dfd, tab, Options{Jobs: 2})
-	err = c.Copy(p, p+".links", Marks{}, nil, nil, 0)
+	err = c.Copy(p, Marks{}, nil, nil, 0)
 	t.Logf("Copy: %v; split groups %d, extra copies %d, errors %d, paths %d", err, c.Stats.SplitGroups.Load(), c.Stats.ExtraCopies.Load(), c.Stats.Errors.Load(), c.Stats.Paths.Load())
 	if c.Stats.SplitGroups.Load() != 1 || c.Stats.ExtraCopies.Load() != 2 {
 		t.Errorf("one group of %d links should need 2 extra copies and count 1 split", n)
@@ -237,7 +297,7 @@ func TestLinksOfFailedCreate(t *testing.T) {
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	var errs []string
 	c, _ := New(sfd, dfd, tab, Options{Jobs: 2, OnError: func(rel string, err error) { errs = append(errs, rel+": "+err.Error()) }})
-	if err := c.Copy(p, p+".links", Marks{}, nil, nil, 0); err != nil {
+	if err := c.Copy(p, Marks{}, nil, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	sort.Strings(errs)
@@ -271,12 +331,15 @@ func TestLinkWatermarkAfterStop(t *testing.T) {
 		c.Stop(fmt.Errorf("interrupted"))
 	}()
 	var last int64
-	err := c.Copy(p, p+".links", Marks{}, ctr, func(m Marks) error { last = m.Links; return nil }, 0)
+	err := c.Copy(p, Marks{}, ctr, func(m Marks) error { last = m.Links; return nil }, 0)
 	t.Logf("Copy: %v; final link mark %d, %d paths made", err, last, ctr.Paths.Load())
 	if err == nil {
 		t.Fatal("the stop was not seen")
 	}
-	r, _ := plan.OpenReader(p+".links", 0)
+	r, err := plan.OpenReader(p.Dir, plan.LinksFile, p.Links, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer r.Close()
 	var l plan.Link
 	n := 0
@@ -323,7 +386,7 @@ func TestLinkModes(t *testing.T) {
 				errs = append(errs, rel)
 				mu.Unlock()
 			}})
-			if err := c.Copy(p, p+".links", Marks{}, nil, nil, 0); err != nil {
+			if err := c.Copy(p, Marks{}, nil, nil, 0); err != nil {
 				t.Fatal(err)
 			}
 			sort.Strings(errs)
@@ -390,7 +453,7 @@ func TestModesAndOwners(t *testing.T) {
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	var errs []string
 	c, _ := New(sfd, dfd, tab, Options{Jobs: 2, Owner: root, OnError: func(rel string, err error) { errs = append(errs, rel+": "+err.Error()) }})
-	if err := c.Copy(p, p+".links", Marks{}, nil, nil, 0); err != nil {
+	if err := c.Copy(p, Marks{}, nil, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	if len(errs) > 0 {

@@ -17,6 +17,9 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"hlcp/internal/blockfile"
+	"hlcp/internal/fsx"
 )
 
 // ---- helpers ----
@@ -81,13 +84,53 @@ func readAll(t testing.TB, data []byte) [][]byte {
 	}
 }
 
-func readFile(t testing.TB, path string) [][]byte {
+// testDir opens the directory at path as an fsx.Dir closed at the end of
+// the test.
+func testDir(t testing.TB, path string) *fsx.Dir {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	d, err := fsx.OpenDir(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return readAll(t, data)
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// tempDir is testDir of a new t.TempDir().
+func tempDir(t testing.TB) *fsx.Dir {
+	t.Helper()
+	return testDir(t, t.TempDir())
+}
+
+// readRun reads a run file's records back through its checksummed blocks,
+// checking its size and record count against the Run.
+func readRun(t testing.TB, run Run) [][]byte {
+	t.Helper()
+	f, err := run.Dir.Open(run.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() != run.Size {
+		t.Fatalf("run %s: %d bytes on disk, Run.Size %d", run.Path(), fi.Size(), run.Size)
+	}
+	br, err := blockfile.NewReader(f, run.Size, 0)
+	if err != nil {
+		t.Fatalf("run %s: %v", run.Path(), err)
+	}
+	data, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatalf("run %s: %v", run.Path(), err)
+	}
+	recs := readAll(t, data)
+	if int64(len(recs)) != run.Records {
+		t.Fatalf("run %s: %d records, Run.Records %d", run.Path(), len(recs), run.Records)
+	}
+	return recs
 }
 
 func checkSame(t testing.TB, got, want [][]byte) {
@@ -111,7 +154,7 @@ func trunc(b []byte) []byte {
 
 // finishAndMerge finishes s, checks its counters against recs, checks every
 // run is sorted, merges the runs and checks the output equals the sorted recs.
-func finishAndMerge(t testing.TB, s *Sorter, recs [][]byte, tmpDir string, mergeMem int) (runs []string, out [][]byte) {
+func finishAndMerge(t testing.TB, s *Sorter, recs [][]byte, tmp *fsx.Dir, mergeMem int) (runs []Run, out [][]byte) {
 	t.Helper()
 	runs, n, nb, err := s.Finish()
 	if err != nil {
@@ -121,13 +164,13 @@ func finishAndMerge(t testing.TB, s *Sorter, recs [][]byte, tmpDir string, merge
 		t.Fatalf("Finish counted %d records / %d bytes, want %d / %d", n, nb, len(recs), totalBytes(recs))
 	}
 	for _, r := range runs {
-		if !slices.IsSortedFunc(readFile(t, r), bytes.Compare) {
-			t.Fatalf("run %s is not sorted", r)
+		if !slices.IsSortedFunc(readRun(t, r), bytes.Compare) {
+			t.Fatalf("run %s is not sorted", r.Path())
 		}
 	}
 	var buf bytes.Buffer
 	var last int64 = -1
-	written, err := Merge(runs, tmpDir, mergeMem, &buf, func(done int64) {
+	written, err := Merge(runs, tmp, mergeMem, &buf, func(done int64) {
 		if done < last {
 			t.Errorf("progress went backwards: %d after %d", done, last)
 		}
@@ -169,7 +212,7 @@ func TestSortRandom(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			recs := randRecords(newRand(uint64(i)+1), tc.n, tc.maxLen, tc.alphabet, tc.dupPct)
-			dir := t.TempDir()
+			dir := tempDir(t)
 			var s *Sorter
 			if tc.mem > 0 {
 				s = New(dir, tc.mem, false)
@@ -181,7 +224,7 @@ func TestSortRandom(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			runs, _ := finishAndMerge(t, s, recs, t.TempDir(), tc.mergeMem)
+			runs, _ := finishAndMerge(t, s, recs, tempDir(t), tc.mergeMem)
 			if len(runs) < tc.minRuns {
 				t.Errorf("got %d runs, want at least %d", len(runs), tc.minRuns)
 			}
@@ -308,11 +351,11 @@ func TestShortAndPrefixRecords(t *testing.T) {
 			}
 			r := newRand(uint64(i) + 100)
 			r.Shuffle(len(recs), func(a, b int) { recs[a], recs[b] = recs[b], recs[a] })
-			s := newSorter(t.TempDir(), tc.bufSize, 4096, false)
+			s := newSorter(tempDir(t), tc.bufSize, 4096, false)
 			if err := s.AddBatch(recs); err != nil {
 				t.Fatal(err)
 			}
-			finishAndMerge(t, s, recs, t.TempDir(), 1<<20)
+			finishAndMerge(t, s, recs, tempDir(t), 1<<20)
 		})
 	}
 }
@@ -320,7 +363,7 @@ func TestShortAndPrefixRecords(t *testing.T) {
 func TestConcurrentAdd(t *testing.T) {
 	t.Parallel()
 	const workers, per = 8, 25_000
-	s := New(t.TempDir(), 1<<20, false)
+	s := New(tempDir(t), 1<<20, false)
 	all := make([][][]byte, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -350,7 +393,7 @@ func TestConcurrentAdd(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	runs, _ := finishAndMerge(t, s, slices.Concat(all...), t.TempDir(), 16<<20)
+	runs, _ := finishAndMerge(t, s, slices.Concat(all...), tempDir(t), 16<<20)
 	if len(runs) < 10 {
 		t.Errorf("only %d runs; the test should exercise spilling", len(runs))
 	}
@@ -385,11 +428,11 @@ func TestGroupSamePrefix(t *testing.T) {
 		recs = append(recs, rec)
 	}
 	r.Shuffle(len(recs), func(a, b int) { recs[a], recs[b] = recs[b], recs[a] })
-	s := New(t.TempDir(), 1<<20, false)
+	s := New(tempDir(t), 1<<20, false)
 	if err := s.AddBatch(recs); err != nil {
 		t.Fatal(err)
 	}
-	runs, out := finishAndMerge(t, s, recs, t.TempDir(), 4<<20)
+	runs, out := finishAndMerge(t, s, recs, tempDir(t), 4<<20)
 	if len(runs) < 10 {
 		t.Errorf("group spans only %d runs", len(runs))
 	}
@@ -414,7 +457,7 @@ func TestGroupSamePrefix(t *testing.T) {
 }
 
 // makeRuns sorts recs into many small runs in dir.
-func makeRuns(t testing.TB, dir string, recs [][]byte, bufSize int) []string {
+func makeRuns(t testing.TB, dir *fsx.Dir, recs [][]byte, bufSize int) []Run {
 	t.Helper()
 	s := newSorter(dir, bufSize, 4096, false)
 	if err := s.AddBatch(recs); err != nil {
@@ -427,19 +470,31 @@ func makeRuns(t testing.TB, dir string, recs [][]byte, bufSize int) []string {
 	return runs
 }
 
-func listNames(t testing.TB, dir, pattern string) []string {
+// listNames returns the names in dir that match pattern.
+func listNames(t testing.TB, dir *fsx.Dir, pattern string) []string {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(dir, pattern))
+	names, err := dir.Names()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var m []string
+	for _, name := range names {
+		ok, err := filepath.Match(pattern, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			m = append(m, name)
+		}
+	}
+	slices.Sort(m)
 	return m
 }
 
 func TestMultiPassMerge(t *testing.T) {
 	recs := randRecords(newRand(42), 20_000, 60, []byte("ab\x00"), 20)
 	want := sortedCopy(recs)
-	runDir := t.TempDir()
+	runDir := tempDir(t)
 	runs := makeRuns(t, runDir, recs, 16<<10)
 	if len(runs) < 40 {
 		t.Fatalf("only %d runs", len(runs))
@@ -448,7 +503,7 @@ func TestMultiPassMerge(t *testing.T) {
 		name      string
 		mem       int
 		multiPass bool
-		tmpDir    bool // use a separate tmpDir, else ""
+		tmpDir    bool // use a separate tmp directory, else nil
 	}{
 		{"fan-in-2", 0, true, true},
 		{"fan-in-4", 5 * minMergeBuf, true, true},
@@ -461,9 +516,9 @@ func TestMultiPassMerge(t *testing.T) {
 			if got := fanIn < len(runs); got != tc.multiPass {
 				t.Fatalf("fan-in %d for %d runs: multi-pass %v, want %v", fanIn, len(runs), got, tc.multiPass)
 			}
-			tmp := ""
+			var tmp *fsx.Dir
 			if tc.tmpDir {
-				tmp = t.TempDir()
+				tmp = tempDir(t)
 			}
 			var buf bytes.Buffer
 			calls := 0
@@ -475,15 +530,15 @@ func TestMultiPassMerge(t *testing.T) {
 				t.Fatalf("Merge returned %d (want %d), %d progress calls", n, len(recs), calls)
 			}
 			checkSame(t, readAll(t, buf.Bytes()), want)
-			for _, d := range []string{tmp, runDir} {
-				if d != "" {
+			for _, d := range []*fsx.Dir{tmp, runDir} {
+				if d != nil {
 					if left := listNames(t, d, "merge-*"); len(left) > 0 {
 						t.Fatalf("intermediates left behind: %v", left)
 					}
 				}
 			}
 			for _, r := range runs {
-				if _, err := os.Stat(r); err != nil {
+				if _, err := r.Dir.Lstat(r.Name); err != nil {
 					t.Fatalf("input run removed: %v", err)
 				}
 			}
@@ -510,12 +565,12 @@ func TestMergeFramesAboveBuffer(t *testing.T) {
 	if MaxRecord <= minMergeBuf {
 		t.Fatalf("MaxRecord %d fits minMergeBuf %d: nothing to test", MaxRecord, minMergeBuf)
 	}
-	runs := makeRuns(t, t.TempDir(), recs, 3*MaxRecord)
+	runs := makeRuns(t, tempDir(t), recs, 3*MaxRecord)
 	if len(runs) < 4 {
 		t.Fatalf("only %d runs", len(runs))
 	}
 	var buf bytes.Buffer
-	if _, err := Merge(runs, t.TempDir(), 0, &buf, nil); err != nil {
+	if _, err := Merge(runs, tempDir(t), 0, &buf, nil); err != nil {
 		t.Fatal(err)
 	}
 	checkSame(t, readAll(t, buf.Bytes()), sortedCopy(recs))
@@ -525,7 +580,7 @@ func TestMergeFramesAboveBuffer(t *testing.T) {
 // limit merges in passes instead of failing with EMFILE.
 func TestMergeFileLimit(t *testing.T) {
 	recs := benchRecords(20000)
-	runs := makeRuns(t, t.TempDir(), recs, 8<<10)
+	runs := makeRuns(t, tempDir(t), recs, 8<<10)
 	if len(runs) < 150 {
 		t.Fatalf("only %d runs", len(runs))
 	}
@@ -543,7 +598,7 @@ func TestMergeFileLimit(t *testing.T) {
 		t.Fatalf("fan-in %d for %d runs, maxOpenRuns %d: the test needs a budget above the limit", fanIn, len(runs), maxOpenRuns())
 	}
 	var buf bytes.Buffer
-	if _, err := Merge(runs, t.TempDir(), 64<<20, &buf, nil); err != nil {
+	if _, err := Merge(runs, tempDir(t), 64<<20, &buf, nil); err != nil {
 		t.Fatal(err)
 	}
 	checkSame(t, readAll(t, buf.Bytes()), sortedCopy(recs))
@@ -575,7 +630,7 @@ func TestMergePlan(t *testing.T) {
 
 func TestNoPerRecordAllocs(t *testing.T) {
 	recs := benchRecords(1 << 12)
-	s := New(t.TempDir(), 64<<20, false)
+	s := New(tempDir(t), 64<<20, false)
 	i := 0
 	s.Add(recs[0]) // allocates the first buffer
 	if a := testing.AllocsPerRun(5000, func() {
@@ -594,9 +649,9 @@ func TestNoPerRecordAllocs(t *testing.T) {
 	}
 	// Merge allocates per run and per call, not per record.
 	const n = 50_000
-	runs := makeRuns(t, t.TempDir(), benchRecords(n), 128<<10)
+	runs := makeRuns(t, tempDir(t), benchRecords(n), 128<<10)
 	allocs := testing.AllocsPerRun(2, func() {
-		if _, err := Merge(runs, "", 64<<20, io.Discard, nil); err != nil {
+		if _, err := Merge(runs, nil, 64<<20, io.Discard, nil); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -605,30 +660,73 @@ func TestNoPerRecordAllocs(t *testing.T) {
 	}
 }
 
-func TestMergeErrors(t *testing.T) {
-	recs := randRecords(newRand(5), 5000, 50, nil, 0)
-	runs := makeRuns(t, t.TempDir(), recs, 8<<10)
-	// Truncate the last run mid-frame: the final pass of a multi-pass merge
-	// (smallest runs go first) or any pass must fail and clean up.
-	last := runs[len(runs)-1]
-	fi, err := os.Stat(last)
+// truncateRun cuts the file of run to size bytes (the Run is unchanged).
+func truncateRun(t testing.TB, run Run, size int64) {
+	t.Helper()
+	f, err := run.Dir.OpenRW(run.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(last, fi.Size()-1); err != nil {
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// sealedRun writes stream, sealed in blocks as a run file is, to a new file
+// name in dir and returns it as a Run of records records.
+func sealedRun(t testing.TB, dir *fsx.Dir, name string, stream []byte, records int64) Run {
+	t.Helper()
+	f, err := dir.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	bw := blockfile.NewWriter(f)
+	if _, err := bw.Write(stream); err != nil {
+		t.Fatal(err)
+	}
+	if err := bw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return Run{Dir: dir, Name: name, Size: bw.Size(), Records: records}
+}
+
+func TestMergeErrors(t *testing.T) {
+	recs := randRecords(newRand(5), 5000, 50, nil, 0)
+	runs := makeRuns(t, tempDir(t), recs, 8<<10)
+	// Truncate the last run by a byte (mid-frame and mid-block): the final
+	// pass of a multi-pass merge (smallest runs go first) or any pass must
+	// fail and clean up.
+	last := runs[len(runs)-1]
+	truncateRun(t, last, last.Size-1)
 	for _, mem := range []int{0, 64 << 20} {
-		tmp := t.TempDir()
+		tmp := tempDir(t)
 		_, err := Merge(runs, tmp, mem, io.Discard, nil)
-		if !errors.Is(err, io.ErrUnexpectedEOF) {
-			t.Fatalf("mem %d: Merge of truncated run: err = %v, want ErrUnexpectedEOF", mem, err)
+		if !errors.Is(err, blockfile.ErrDamaged) {
+			t.Fatalf("mem %d: Merge of truncated run: err = %v, want ErrDamaged", mem, err)
 		}
 		if left := listNames(t, tmp, "*"); len(left) > 0 {
-			t.Fatalf("mem %d: files left in tmpDir after error: %v", mem, left)
+			t.Fatalf("mem %d: files left in tmp after error: %v", mem, left)
 		}
 	}
-	if _, err := Merge([]string{filepath.Join(t.TempDir(), "missing")}, "", 0, io.Discard, nil); err == nil {
+	// A run whose blocks check out but whose frames stop mid-frame (so no
+	// check of the sealing sees it) still fails as a truncated frame.
+	dir := tempDir(t)
+	good := makeRuns(t, dir, recs[:1000], 8<<10)
+	stream := slices.Concat(AppendFrame(nil, []byte("a")), AppendFrame(nil, []byte("bcdef")))
+	cut := sealedRun(t, dir, "cut-frame", stream[:len(stream)-1], 2)
+	for _, mem := range []int{0, 64 << 20} {
+		tmp := tempDir(t)
+		_, err := Merge(append(slices.Clone(good), cut), tmp, mem, io.Discard, nil)
+		if !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("mem %d: Merge of a run cut mid-frame: err = %v, want ErrUnexpectedEOF", mem, err)
+		}
+		if left := listNames(t, tmp, "*"); len(left) > 0 {
+			t.Fatalf("mem %d: files left in tmp after error: %v", mem, left)
+		}
+	}
+	if _, err := Merge([]Run{{Dir: tempDir(t), Name: "missing"}}, nil, 0, io.Discard, nil); err == nil {
 		t.Fatal("Merge of a missing run succeeded")
 	}
 }
@@ -647,14 +745,14 @@ func TestEdgeCases(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := tempDir(t)
 			s := New(dir, 0, true)
 			for _, r := range tc.recs {
 				if err := s.Add(r); err != nil {
 					t.Fatal(err)
 				}
 			}
-			runs, _ := finishAndMerge(t, s, tc.recs, t.TempDir(), 0)
+			runs, _ := finishAndMerge(t, s, tc.recs, tempDir(t), 0)
 			if (len(runs) == 0) != (len(tc.recs) == 0) {
 				t.Fatalf("%d records gave %d runs", len(tc.recs), len(runs))
 			}
@@ -663,7 +761,7 @@ func TestEdgeCases(t *testing.T) {
 }
 
 func TestOversizeAndFinished(t *testing.T) {
-	s := New(t.TempDir(), 1<<20, false)
+	s := New(tempDir(t), 1<<20, false)
 	if err := s.Add(make([]byte, MaxRecord+1)); err == nil {
 		t.Fatal("oversize Add accepted")
 	}
@@ -687,36 +785,48 @@ func TestOversizeAndFinished(t *testing.T) {
 	// Zero-record merge writes nothing and still reports progress.
 	var buf bytes.Buffer
 	var got int64 = -1
-	if n, err := Merge(nil, "", 0, &buf, func(d int64) { got = d }); err != nil || n != 0 || buf.Len() != 0 || got != 0 {
+	if n, err := Merge(nil, nil, 0, &buf, func(d int64) { got = d }); err != nil || n != 0 || buf.Len() != 0 || got != 0 {
 		t.Fatalf("empty Merge = %d, %v, %d bytes, progress %d", n, err, buf.Len(), got)
 	}
 }
 
 func TestRunFiles(t *testing.T) {
-	dir := t.TempDir()
-	existing := filepath.Join(dir, "run-000000")
+	path := t.TempDir()
+	existing := filepath.Join(path, "run-000000")
 	if err := os.WriteFile(existing, []byte("keep"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	dir := testDir(t, path)
 	recs := randRecords(newRand(9), 2000, 30, nil, 0)
 	s := newSorter(dir, 8<<10, 4096, true)
 	if err := s.AddBatch(recs); err != nil {
 		t.Fatal(err)
 	}
-	runs, _ := finishAndMerge(t, s, recs, "", 1<<20)
+	runs, _ := finishAndMerge(t, s, recs, nil, 1<<20)
 	if len(runs) < 3 {
 		t.Fatalf("only %d runs", len(runs))
 	}
 	for i, r := range runs {
-		if want := filepath.Join(dir, fmt.Sprintf("run-%06d", i+1)); r != want {
-			t.Fatalf("run %d is %s, want %s", i, r, want)
+		if want := fmt.Sprintf("run-%06d", i+1); r.Name != want || r.Dir != dir {
+			t.Fatalf("run %d is %s, want %s", i, r.Path(), filepath.Join(path, want))
+		}
+		if want := filepath.Join(path, r.Name); r.Path() != want {
+			t.Fatalf("run %d: Path %s, want %s", i, r.Path(), want)
 		}
 	}
 	if data, err := os.ReadFile(existing); err != nil || string(data) != "keep" {
 		t.Fatalf("pre-existing run file clobbered: %q, %v", data, err)
 	}
-	// A sorter whose directory is gone reports the spill error.
-	s = newSorter(filepath.Join(dir, "missing"), 4096, 4096, false)
+	// A sorter whose directory is gone (removed after it was opened)
+	// reports the spill error.
+	if err := os.Mkdir(filepath.Join(path, "missing"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	gone := testDir(t, filepath.Join(path, "missing"))
+	if err := os.Remove(filepath.Join(path, "missing")); err != nil {
+		t.Fatal(err)
+	}
+	s = newSorter(gone, 4096, 4096, false)
 	var addErr error
 	for i := 0; i < 1000 && addErr == nil; i++ {
 		addErr = s.Add([]byte("some record"))
@@ -921,11 +1031,11 @@ func FuzzSortOrder(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		recs := splitRecords(data)
 		// Tiny buffers force several runs; merge memory 0 forces fan-in 2.
-		s := newSorter(t.TempDir(), 512, 4096, false)
+		s := newSorter(tempDir(t), 512, 4096, false)
 		if err := s.AddBatch(recs); err != nil {
 			t.Fatal(err)
 		}
-		finishAndMerge(t, s, recs, "", 0)
+		finishAndMerge(t, s, recs, nil, 0)
 	})
 }
 
@@ -952,7 +1062,7 @@ func benchRecord(rec []byte, i uint64) {
 }
 
 func BenchmarkAdd(b *testing.B) {
-	s := New(b.TempDir(), 64<<20, false)
+	s := New(tempDir(b), 64<<20, false)
 	rec := make([]byte, 40)
 	b.SetBytes(40)
 	b.ReportAllocs()
@@ -969,7 +1079,7 @@ func BenchmarkAdd(b *testing.B) {
 }
 
 func BenchmarkAddBatch(b *testing.B) {
-	s := New(b.TempDir(), 64<<20, false)
+	s := New(tempDir(b), 64<<20, false)
 	batch := make([][]byte, 256)
 	for j := range batch {
 		batch[j] = make([]byte, 40)
@@ -992,7 +1102,7 @@ func BenchmarkAddBatch(b *testing.B) {
 }
 
 func BenchmarkAddParallel(b *testing.B) {
-	s := New(b.TempDir(), 64<<20, false)
+	s := New(tempDir(b), 64<<20, false)
 	var seq atomic.Uint64
 	b.SetBytes(40)
 	b.ReportAllocs()
@@ -1017,7 +1127,7 @@ func BenchmarkAddParallel(b *testing.B) {
 
 func BenchmarkMerge(b *testing.B) {
 	const n = 1 << 20
-	s := New(b.TempDir(), 8<<20, false)
+	s := New(tempDir(b), 8<<20, false)
 	rec := make([]byte, 40)
 	for i := range uint64(n) {
 		benchRecord(rec, i)
@@ -1029,10 +1139,11 @@ func BenchmarkMerge(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	tmp := tempDir(b)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := Merge(runs, b.TempDir(), 64<<20, io.Discard, nil); err != nil {
+		if _, err := Merge(runs, tmp, 64<<20, io.Discard, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -1043,7 +1154,7 @@ func BenchmarkMerge(b *testing.B) {
 // TestMergeStream: the stream yields every record in order and wait reports
 // success; abandoning it early stops the merge instead of hanging.
 func TestMergeStream(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempDir(t)
 	s := newSorter(dir, 4096, 4096, false) // tiny buffers: many runs
 	const n = 5000
 	for i := 0; i < n; i++ {

@@ -14,6 +14,10 @@ const MaxRecord = 64 << 10
 // (possibly non-canonical) uvarint header plus a MaxRecord payload.
 const maxFrame = binary.MaxVarintLen64 + MaxRecord
 
+// ErrBadFrame is wrapped by the errors of a stream whose framing is wrong:
+// a bad header, a length above MaxRecord, a frame cut by the end.
+var ErrBadFrame = errors.New("bad frame")
+
 // minReaderBuf is the smallest buffer NewReader uses.
 const minReaderBuf = 64
 
@@ -67,12 +71,12 @@ func (r *Reader) Next() ([]byte, error) {
 			n, k := binary.Uvarint(r.buf[r.start:r.end])
 			switch {
 			case k < 0:
-				return nil, r.fail(fmt.Errorf("extsort: bad frame header at offset %d", r.off))
+				return nil, r.fail(fmt.Errorf("extsort: %w: bad header at offset %d", ErrBadFrame, r.off))
 			case k == 0:
 				// Header incomplete: need at least one more byte.
 				need = r.end - r.start + 1
 			case n > MaxRecord:
-				return nil, r.fail(fmt.Errorf("extsort: frame at offset %d has length %d > MaxRecord", r.off, n))
+				return nil, r.fail(fmt.Errorf("extsort: %w: frame at offset %d has length %d > MaxRecord", ErrBadFrame, r.off, n))
 			default:
 				size := k + int(n)
 				if r.end-r.start >= size {
@@ -116,7 +120,7 @@ func (r *Reader) fill(need int) error {
 				if r.end == r.start {
 					return io.EOF
 				}
-				return fmt.Errorf("extsort: truncated frame at offset %d: %w", r.off, io.ErrUnexpectedEOF)
+				return fmt.Errorf("extsort: %w: truncated frame at offset %d: %w", ErrBadFrame, r.off, io.ErrUnexpectedEOF)
 			}
 			return fmt.Errorf("extsort: read at offset %d: %w", r.off+int64(r.end-r.start), r.err)
 		}

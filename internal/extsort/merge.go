@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"syscall"
+
+	"hlcp/internal/blockfile"
+	"hlcp/internal/fsx"
 )
 
 const (
@@ -20,6 +22,9 @@ const (
 	// MaxRecord, and hlcp's are rarely above 1 KiB), so a small budget
 	// still merges many runs in one pass.
 	minMergeBuf = 32 << 10
+	// frameBuf is the initial buffer of a run's frame reader, behind its
+	// checked read buffer; it grows only for a frame larger than it.
+	frameBuf = 4 << 10
 	// maxMergeBuf is the largest per-run read buffer.
 	maxMergeBuf = 1 << 20
 	// progressEvery is how many records pass between progress calls.
@@ -52,46 +57,37 @@ func maxOpenRuns() int {
 // and returns the number of records written. It uses about memBytes for its
 // read and write buffers (per-run buffers of 32 KiB to 1 MiB, at least 2 runs
 // at a time). When there are more runs than fit, it first merges groups of
-// runs (smallest first) into intermediate runs named merge-%06d in tmpDir (the
-// directory of the first run if tmpDir is ""), deleting the intermediates it
+// runs (smallest first) into intermediate runs named merge-%06d in tmp (the
+// directory of the first run if tmp is nil), deleting the intermediates it
 // made; the input runs are never deleted. progress, if not nil, is called
 // every 65536 records and at the end with the number of records written to w
-// so far.
-func Merge(runs []string, tmpDir string, memBytes int, w io.Writer, progress func(done int64)) (written int64, err error) {
-	if tmpDir == "" && len(runs) > 0 {
-		tmpDir = filepath.Dir(runs[0])
+// so far. A run whose size, record count or blocks are not the ones written
+// is an error wrapping blockfile.ErrDamaged.
+func Merge(runs []Run, tmp *fsx.Dir, memBytes int, w io.Writer, progress func(done int64)) (written int64, err error) {
+	if tmp == nil && len(runs) > 0 {
+		tmp = runs[0].Dir
 	}
 	bufSize, fanIn := mergePlan(memBytes, len(runs))
 	fanIn = min(fanIn, maxOpenRuns())
 
 	type source struct {
-		path string
-		size int64
+		Run
 		temp bool // an intermediate made here
 	}
 	srcs := make([]source, len(runs))
-	for i, p := range runs {
-		srcs[i].path = p
-	}
-	if len(srcs) > fanIn {
-		for i := range srcs {
-			fi, err := os.Stat(srcs[i].path)
-			if err != nil {
-				return 0, fmt.Errorf("extsort: merge: %w", err)
-			}
-			srcs[i].size = fi.Size()
-		}
+	for i, r := range runs {
+		srcs[i].Run = r
 	}
 	defer func() {
 		for _, s := range srcs {
 			if s.temp {
-				os.Remove(s.path)
+				s.Dir.Remove(s.Name)
 			}
 		}
 	}()
 
 	seq := 0
-	paths := make([]string, 0, fanIn)
+	group := make([]Run, 0, fanIn)
 	for len(srcs) > fanIn {
 		// Merge the smallest runs first. The first group is sized so that
 		// every later group is full, which minimises the bytes rewritten.
@@ -100,43 +96,44 @@ func Merge(runs []string, tmpDir string, memBytes int, w io.Writer, progress fun
 			k = fanIn
 		}
 		slices.SortStableFunc(srcs, func(a, b source) int {
-			return cmp.Compare(a.size, b.size)
+			return cmp.Compare(a.Size, b.Size)
 		})
-		paths = paths[:0]
+		group = group[:0]
 		for _, s := range srcs[:k] {
-			paths = append(paths, s.path)
+			group = append(group, s.Run)
 		}
-		f, path, err := createExcl(tmpDir, "merge-%06d", &seq)
+		f, name, err := createExcl(tmp, "merge-%06d", &seq)
 		if err != nil {
 			return 0, fmt.Errorf("extsort: create intermediate run: %w", err)
 		}
-		out := source{path: path, temp: true}
-		bw := bufio.NewWriterSize(f, bufSize)
-		_, out.size, err = mergeInto(paths, bufSize, bw, nil)
+		out := source{Run: Run{Dir: tmp, Name: name}, temp: true}
+		bf := blockfile.NewWriterSize(f, bufSize) // the output's buffer
+		out.Records, _, err = mergeInto(group, bufSize, bf, nil)
 		if err == nil {
-			err = bw.Flush()
+			err = bf.Close()
 		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			os.Remove(path)
-			return 0, fmt.Errorf("extsort: merge into intermediate run %s: %w", path, err)
+			tmp.Remove(name)
+			return 0, fmt.Errorf("extsort: merge into intermediate run %s: %w", tmp.Join(name), err)
 		}
+		out.Size = bf.Size()
 		for _, s := range srcs[:k] {
 			if s.temp {
-				os.Remove(s.path)
+				s.Dir.Remove(s.Name)
 			}
 		}
 		srcs = append(srcs[k:], out)
 	}
 
-	paths = paths[:0]
+	group = group[:0]
 	for _, s := range srcs {
-		paths = append(paths, s.path)
+		group = append(group, s.Run)
 	}
 	bw := bufio.NewWriterSize(w, bufSize)
-	written, _, err = mergeInto(paths, bufSize, bw, progress)
+	written, _, err = mergeInto(group, bufSize, bw, progress)
 	if err == nil {
 		if err = bw.Flush(); err != nil {
 			err = fmt.Errorf("extsort: merge output: %w", err)
@@ -151,30 +148,74 @@ func Merge(runs []string, tmpDir string, memBytes int, w io.Writer, progress fun
 	return written, nil
 }
 
-// mergeInto merges the runs at paths into w with a loser tree and returns the
+// runReader opens a run for reading: its size on disk must be the one
+// written, and its blocks are checked as they are read.
+type runReader struct {
+	*Reader
+	run  Run
+	f    *os.File
+	seen int64
+}
+
+func openRun(run Run, bufSize int) (*runReader, error) {
+	f, err := run.Dir.Open(run.Name)
+	if err != nil {
+		return nil, fmt.Errorf("extsort: merge: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("extsort: merge: %w", err)
+	}
+	if fi.Size() != run.Size {
+		f.Close()
+		return nil, &blockfile.DamageError{File: run.Path(), Offset: fi.Size(), Why: fmt.Sprintf("%d bytes, not the %d written", fi.Size(), run.Size)}
+	}
+	// The checked read buffer and the frame reader together take bufSize.
+	br, err := blockfile.NewReaderSize(f, run.Size, 0, bufSize-frameBuf)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &runReader{Reader: NewReader(br, frameBuf), run: run, f: f}, nil
+}
+
+// next is Reader.Next that also checks, at the end, that the run held as
+// many records as were written to it.
+func (r *runReader) next() ([]byte, error) {
+	rec, err := r.Reader.Next()
+	if err == nil {
+		r.seen++
+		return rec, nil
+	}
+	if err == io.EOF && r.seen != r.run.Records {
+		return nil, &blockfile.DamageError{File: r.run.Path(), Offset: r.run.Size, Why: fmt.Sprintf("%d records, not the %d written", r.seen, r.run.Records)}
+	}
+	return nil, err
+}
+
+// mergeInto merges the runs into w with a loser tree and returns the
 // number of records and of bytes (frames) written.
-func mergeInto(paths []string, bufSize int, w *bufio.Writer, progress func(int64)) (records, size int64, err error) {
-	k := len(paths)
-	files := make([]*os.File, 0, k)
+func mergeInto(runs []Run, bufSize int, w io.Writer, progress func(int64)) (records, size int64, err error) {
+	k := len(runs)
+	rd := make([]*runReader, 0, k)
 	defer func() {
-		for _, f := range files {
-			f.Close()
+		for _, r := range rd {
+			r.f.Close()
 		}
 	}()
-	rd := make([]*Reader, k)
 	cur := make([][]byte, k)
 	key := make([]uint64, k) // first 8 bytes of cur, big-endian, zero-padded
 	live := make([]bool, k)
-	for i, p := range paths {
-		f, err := os.Open(p)
+	for _, run := range runs {
+		r, err := openRun(run, bufSize)
 		if err != nil {
-			return 0, 0, fmt.Errorf("extsort: merge: %w", err)
+			return 0, 0, err
 		}
-		files = append(files, f)
-		rd[i] = NewReader(f, bufSize)
+		rd = append(rd, r)
 	}
 	advance := func(i int) error {
-		rec, err := rd[i].Next()
+		rec, err := rd[i].next()
 		if err == nil {
 			cur[i], live[i] = rec, true
 			if len(rec) >= 8 {
@@ -190,7 +231,7 @@ func mergeInto(paths []string, bufSize int, w *bufio.Writer, progress func(int64
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
-		return fmt.Errorf("extsort: read run %s: %w", paths[i], err)
+		return fmt.Errorf("extsort: read run %s: %w", runs[i].Path(), err)
 	}
 	// less reports whether source a's record goes before b's; exhausted
 	// sources go last. Unequal prefix keys decide (see compareEntries);
@@ -264,11 +305,11 @@ func mergeInto(paths []string, bufSize int, w *bufio.Writer, progress func(int64
 // Reader of the merged records. wait closes the stream, which stops a merge
 // that has not finished, and returns the merge's error; call it once, when
 // the reader is drained or abandoned.
-func MergeStream(runs []string, tmpDir string, memBytes int, progress func(done int64)) (r *Reader, wait func() error) {
+func MergeStream(runs []Run, tmp *fsx.Dir, memBytes int, progress func(done int64)) (r *Reader, wait func() error) {
 	pr, pw := io.Pipe()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := Merge(runs, tmpDir, memBytes, pw, progress)
+		_, err := Merge(runs, tmp, memBytes, pw, progress)
 		pw.CloseWithError(err)
 		errc <- err
 	}()

@@ -5,6 +5,11 @@
 // kept. A Sorter accumulates records in RAM and spills sorted runs to files;
 // Merge k-way merges the runs (in several passes if there are too many) into a
 // stream of framed records (see AppendFrame and Reader).
+//
+// Run files live in a directory reached through its fd (fsx.Dir), are
+// created with O_EXCL, and are sealed in checksummed blocks (blockfile): a
+// run is read back only when its size and its record count are the ones
+// written, and every block checks out.
 package extsort
 
 import (
@@ -13,13 +18,27 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"os"
-	"path/filepath"
+	"strings"
 	"sync"
 	"unsafe"
+
+	"hlcp/internal/blockfile"
+	"hlcp/internal/fsx"
 )
+
+// Run is one sorted run file: its directory, its name there, its size on
+// disk and its number of records, which are checked when it is read.
+type Run struct {
+	Dir     *fsx.Dir
+	Name    string
+	Size    int64
+	Records int64
+}
+
+// Path names the run in messages.
+func (r Run) Path() string { return r.Dir.Join(r.Name) }
 
 const (
 	minMem        = 256 << 10
@@ -115,7 +134,7 @@ func prefixKey(rec []byte) (uint64, uint64) {
 // Sorter accumulates records in RAM and spills sorted runs to files in a
 // directory. It is safe for concurrent use by multiple goroutines.
 type Sorter struct {
-	dir     string
+	dir     *fsx.Dir
 	sync    bool
 	bufSize int // bytes per buffer (arena + index)
 
@@ -126,39 +145,40 @@ type Sorter struct {
 	done     chan spillResult
 	records  int64
 	bytes    int64
-	runs     []string
+	runs     []Run
 	err      error // sticky
 	finished bool
 
 	// Used only by the (single) spill in progress; ownership passes with
 	// the done channel and mu.
 	bw   *bufio.Writer
+	bf   *blockfile.Writer
 	wbuf int
 	seq  int
 }
 
 type spillResult struct {
-	buf  *buffer
-	path string
-	err  error
+	buf *buffer
+	run Run
+	err error
 }
 
-// New returns a sorter that writes runs into dir (which must exist) and uses at
+// New returns a sorter that writes runs into dir and uses at
 // most memBytes of RAM for its buffers in total: the run file write buffer and
 // two sort buffers (arena and index each), one filled by Add while the other is
 // sorted and written on a background goroutine. memBytes below 256 KiB is raised
 // to 256 KiB. Buffers are allocated on demand (the second one at the first
 // spill) and reused. If sync is true each run file, and its directory entry, is
 // fsynced before the run is reported.
-func New(dir string, memBytes int, sync bool) *Sorter {
+func New(dir *fsx.Dir, memBytes int, sync bool) *Sorter {
 	memBytes = max(memBytes, minMem)
 	wbuf := min(max(memBytes/16, minRunWBuf), maxRunWBuf)
-	bufSize := min((memBytes-wbuf)/2, maxBufferSize)
+	bufSize := min((memBytes-wbuf-spillFrontBuf)/2, maxBufferSize)
 	return newSorter(dir, bufSize, wbuf, sync)
 }
 
 // newSorter builds a sorter with explicit buffer sizes (tests use tiny ones).
-func newSorter(dir string, bufSize, wbuf int, sync bool) *Sorter {
+func newSorter(dir *fsx.Dir, bufSize, wbuf int, sync bool) *Sorter {
 	return &Sorter{
 		dir:     dir,
 		sync:    sync,
@@ -243,9 +263,9 @@ func (s *Sorter) rotateLocked() error {
 	s.cur = next
 	s.inflight = true
 	go func() {
-		path, err := s.spill(full)
+		run, err := s.spill(full)
 		full.reset()
-		s.done <- spillResult{buf: full, path: path, err: err}
+		s.done <- spillResult{buf: full, run: run, err: err}
 	}()
 	return nil
 }
@@ -262,17 +282,17 @@ func (s *Sorter) waitLocked() error {
 		s.err = r.err
 	}
 	if r.err == nil {
-		s.runs = append(s.runs, r.path)
+		s.runs = append(s.runs, r.run)
 	}
 	return s.err
 }
 
 // Finish spills what is buffered, waits for background spills and returns the
-// run file paths in creation order, the number of records and their total
+// runs in creation order, the number of records and their total
 // payload bytes. Zero records give zero runs. The buffers are released. On
 // error the runs written so far are still returned so the caller can remove
 // them. No Add may follow Finish.
-func (s *Sorter) Finish() (runs []string, records int64, bytes int64, err error) {
+func (s *Sorter) Finish() (runs []Run, records int64, bytes int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.finished {
@@ -281,34 +301,42 @@ func (s *Sorter) Finish() (runs []string, records int64, bytes int64, err error)
 	s.finished = true
 	err = s.waitLocked()
 	if err == nil && s.cur != nil && s.cur.n > 0 {
-		var path string
-		path, err = s.spill(s.cur)
+		var run Run
+		run, err = s.spill(s.cur)
 		if err != nil {
 			s.err = err
 		} else {
-			s.runs = append(s.runs, path)
+			s.runs = append(s.runs, run)
 		}
 	}
-	s.cur, s.spare, s.bw = nil, nil, nil
+	s.cur, s.spare, s.bw, s.bf = nil, nil, nil, nil
 	return s.runs, s.records, s.bytes, err
 }
 
 // spill sorts b and writes it to a new run file. Only one spill runs at a
 // time.
-func (s *Sorter) spill(b *buffer) (string, error) {
+func (s *Sorter) spill(b *buffer) (Run, error) {
 	b.sort()
-	f, path, err := createExcl(s.dir, "run-%06d", &s.seq)
+	f, name, err := createExcl(s.dir, "run-%06d", &s.seq)
 	if err != nil {
-		return "", fmt.Errorf("extsort: create run: %w", err)
+		return Run{}, fmt.Errorf("extsort: create run: %w", err)
 	}
-	if s.bw == nil {
-		s.bw = bufio.NewWriterSize(f, s.wbuf)
+	// The sealing writer holds the run's write buffer; the small bufio
+	// in front of it only gives writeBuffer its AvailableBuffer.
+	if s.bf == nil {
+		s.bf = blockfile.NewWriterSize(f, s.wbuf)
+		s.bw = bufio.NewWriterSize(s.bf, spillFrontBuf)
 	} else {
-		s.bw.Reset(f)
+		s.bf.Reset(f)
+		s.bw.Reset(s.bf)
 	}
+	bf := s.bf
 	err = writeBuffer(s.bw, b)
 	if err == nil {
 		err = s.bw.Flush()
+	}
+	if err == nil {
+		err = bf.Close()
 	}
 	if err == nil && s.sync {
 		err = f.Sync()
@@ -317,14 +345,14 @@ func (s *Sorter) spill(b *buffer) (string, error) {
 		err = cerr
 	}
 	if err == nil && s.sync {
-		err = syncDir(s.dir)
+		err = s.dir.Sync()
 	}
 	s.bw.Reset(nil)
 	if err != nil {
-		os.Remove(path)
-		return "", fmt.Errorf("extsort: write run %s: %w", path, err)
+		s.dir.Remove(name)
+		return Run{}, fmt.Errorf("extsort: write run %s: %w", s.dir.Join(name), err)
 	}
-	return path, nil
+	return Run{Dir: s.dir, Name: name, Size: bf.Size(), Records: int64(b.n)}, nil
 }
 
 func writeBuffer(w *bufio.Writer, b *buffer) error {
@@ -360,34 +388,42 @@ func writeBuffer(w *bufio.Writer, b *buffer) error {
 	return nil
 }
 
+// spillFrontBuf is the bufio buffer in front of a spill's sealing writer
+// (a larger record goes through it in one write).
+const spillFrontBuf = 16 << 10
+
 // prefetchBlock is how many records writeBuffer touches ahead of copying.
 const prefetchBlock = 16
 
 // createExcl creates a new file named by format and *seq in dir with
 // O_EXCL, advancing *seq past names that already exist so it never
 // overwrites a file.
-func createExcl(dir, format string, seq *int) (*os.File, string, error) {
+func createExcl(dir *fsx.Dir, format string, seq *int) (*os.File, string, error) {
 	for {
-		path := filepath.Join(dir, fmt.Sprintf(format, *seq))
+		name := fmt.Sprintf(format, *seq)
 		*seq++
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		f, err := dir.Create(name)
 		if err == nil {
-			return f, path, nil
+			return f, name, nil
 		}
-		if !errors.Is(err, fs.ErrExist) {
-			return nil, path, err
+		if !errors.Is(err, os.ErrExist) {
+			return nil, name, err
 		}
 	}
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
+// IsRunName reports whether name is one a Sorter or a Merge gives its run
+// files (run-NNNNNN, merge-NNNNNN).
+func IsRunName(name string) bool {
+	for _, p := range []string{"run-", "merge-"} {
+		if rest, ok := strings.CutPrefix(name, p); ok && len(rest) >= 6 {
+			for _, c := range rest {
+				if c < '0' || c > '9' {
+					return false
+				}
+			}
+			return true
+		}
 	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return false
 }

@@ -3,13 +3,18 @@ package fsx
 import (
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 )
 
 func TestQuote(t *testing.T) {
 	cases := []struct{ in, want string }{
 		{"", "."},
-		{"a/b c", "a/b c"},
+		{"a/b c", `"a/b c"`},
+		{"* * * * * root touch /tmp/x", `"* * * * * root touch /tmp/x"`},
+		{"tab\there", `"tab\there"`},
+		{"nbsp\u00a0x", `"nbsp\u00a0x"`},
+		{"plain/path_with-dots.txt", "plain/path_with-dots.txt"},
 		{"caf\xe9", `"caf\xe9"`},
 		{"new\nline", `"new\nline"`},
 		{" lead", `" lead"`},
@@ -31,6 +36,10 @@ func FuzzQuote(f *testing.F) {
 		q := Quote(s)
 		if strings.ContainsAny(q, "\n\r") || !utf8.ValidString(q) {
 			t.Fatalf("Quote(%q) = %q", s, q)
+		}
+		// A name left bare is one word: no space of any kind in it.
+		if !strings.HasPrefix(q, `"`) && strings.IndexFunc(q, unicode.IsSpace) >= 0 {
+			t.Fatalf("Quote(%q) = %q has a space", s, q)
 		}
 	})
 }

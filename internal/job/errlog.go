@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"hlcp/internal/fsx"
+	"hlcp/internal/journal"
 	"hlcp/internal/progress"
 )
 
@@ -18,7 +19,7 @@ import (
 type errLog struct {
 	mu     sync.Mutex
 	rep    *progress.Reporter
-	path   string
+	dir    *fsx.Dir // the state directory
 	f      *os.File
 	w      *bufio.Writer
 	n      int64
@@ -27,12 +28,12 @@ type errLog struct {
 	warnL  []string
 }
 
-func newErrLog(rep *progress.Reporter, path string) (*errLog, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+func newErrLog(rep *progress.Reporter, dir *fsx.Dir) (*errLog, error) {
+	f, err := dir.OpenAppend(journal.ErrorLog)
 	if err != nil {
 		return nil, fmt.Errorf("open error log: %w", err)
 	}
-	return &errLog{rep: rep, path: path, f: f, w: bufio.NewWriter(f), warns: make(map[string]bool)}, nil
+	return &errLog{rep: rep, dir: dir, f: f, w: bufio.NewWriter(f), warns: make(map[string]bool)}, nil
 }
 
 func (e *errLog) add(rel string, err error) {
@@ -78,12 +79,22 @@ func (e *errLog) list(w io.Writer) (int64, error) {
 	if err := e.w.Flush(); err != nil {
 		return 0, err
 	}
-	f, err := os.Open(e.path)
+	f, err := e.dir.Open(journal.ErrorLog)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
 	return io.Copy(w, f)
+}
+
+// truncate empties the spooled list (the log is closed).
+func (e *errLog) truncate() error {
+	f, err := e.dir.OpenRW(journal.ErrorLog)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Truncate(0)
 }
 
 // sync makes the spooled errors durable, so that a checkpoint never

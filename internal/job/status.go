@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"hlcp/internal/blockfile"
 	"hlcp/internal/fsx"
 	"hlcp/internal/journal"
 	"hlcp/internal/plan"
@@ -43,26 +45,46 @@ type JobStatus struct {
 // Status reads the state of the job in dst (or in stateDir when not "")
 // and prints it. It changes nothing: the state is only read.
 func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
+	var place journal.Place
 	if stateDir == "" {
-		if fi, err := os.Lstat(dst); err != nil {
-			return ExitUsage, usagef("DST: %v", err)
-		} else if !fi.IsDir() {
-			return ExitUsage, usagef("DST %s is not a directory", fsx.Quote(dst))
+		fd, err := unix.Open(dst, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return ExitUsage, usagef("DST %s: %v", fsx.Quote(dst), err)
 		}
-		stateDir = filepath.Join(dst, StateName)
+		defer unix.Close(fd)
+		place = journal.Place{Parent: fd, Name: StateName, Path: filepath.Join(dst, StateName), InDst: true}
+	} else {
+		abs := absPath(stateDir)
+		fd, err := unix.Open(filepath.Dir(abs), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return ExitUsage, usagef("--state %s: its parent directory: %v", fsx.Quote(stateDir), err)
+		}
+		defer unix.Close(fd)
+		place = journal.Place{Parent: fd, Name: filepath.Base(abs), Path: stateDir}
 	}
-	j, err := journal.Open(stateDir)
+	j, err := journal.Open(place, true)
 	if errors.Is(err, journal.ErrNoJob) {
 		if asJSON {
 			fmt.Fprintln(w, `{"job":null}`)
 		} else {
-			fmt.Fprintf(w, "no unfinished hlcp job in %s (a finished job leaves no state)\n", fsx.Quote(stateDir))
+			fmt.Fprintf(w, "no unfinished hlcp job in %s (a finished job leaves no state)\n", fsx.Quote(place.Path))
 		}
 		return StatusNoJob, nil
+	}
+	var de *journal.DamagedError
+	if errors.As(err, &de) {
+		if de.Foreign {
+			return ExitUsage, usagef("%v", de)
+		}
+		if de.MayHoldMovedData() {
+			return ExitUsage, usagef("%s", movedWarning(de.Error()))
+		}
+		return ExitUsage, usagef("%v: the job cannot be resumed from it; pass --restart to its command to discard it and copy again", de)
 	}
 	if err != nil {
 		return ExitUsage, err
 	}
+	defer j.Close()
 	s := JobStatus{State: j.Dir, Identity: j.ID, Phase: j.Phase, Started: j.Started, Updated: j.Updated, Attempts: j.Attempts,
 		GroupsDone: j.GroupsDone, PathsDone: j.PathsDone, BytesDone: j.BytesDone, Errors: j.Errors}
 	if len(j.Scan) > 0 {
@@ -75,16 +97,16 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	}
 	switch {
 	case j.Phase == journal.PhaseCopy:
-		s.Fraction = copyShare(j)
+		s.Fraction = copyShare(&j.State)
 	case j.Phase == journal.PhaseRemove && !j.FilesGone:
-		s.Fraction = planShare(j, j.RemoveMark)
+		s.Fraction = planShare(&j.State, j.RemoveMark)
 	case j.Phase == journal.PhaseFinish && j.Dirs > 0:
 		s.Fraction = 1 - float64(j.FinishBelow)/float64(j.Dirs)
 	case j.Phase == journal.PhaseRemove, j.Phase == journal.PhaseDone:
 		s.Fraction = 1
 	}
-	if fi, err := os.Stat(j.Path("errors.log")); err == nil && fi.Size() > 0 {
-		s.ErrorLog = j.Path("errors.log")
+	if st, err := j.StateDir().Lstat(journal.ErrorLog); err == nil && st.Size > 0 {
+		s.ErrorLog = j.Join(journal.ErrorLog)
 	}
 	if asJSON {
 		b, _ := json.Marshal(&s)
@@ -137,27 +159,25 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 }
 
 // planShare is how far the plan offset off is into the job's plan file
-// (0 when the plan cannot be read).
-func planShare(j *journal.Journal, off int64) float64 {
-	return fileShare(j.Path("plan"), off)
+// (0 when the plan is not made yet).
+func planShare(j *journal.State, off int64) float64 {
+	if n := dataSize(j, plan.PlanFile); n > 0 {
+		return float64(off) / float64(n)
+	}
+	return 0
 }
 
 // copyShare is how far the copy's marks are into the plan and link files
-// together (0 when they cannot be read).
-func copyShare(j *journal.Journal) float64 {
-	p, errP := os.Stat(j.Path("plan"))
-	l, errL := os.Stat(j.Path("links"))
-	if errP != nil || errL != nil || p.Size()+l.Size() == 0 {
-		return 0
-	}
-	return float64(j.Watermark+j.LinkMark) / float64(p.Size()+l.Size())
-}
-
-// fileShare is how far offset off is into the file at path (0 when it
-// cannot be read).
-func fileShare(path string, off int64) float64 {
-	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
-		return float64(off) / float64(fi.Size())
+// together.
+func copyShare(j *journal.State) float64 {
+	if n := dataSize(j, plan.PlanFile) + dataSize(j, plan.LinksFile); n > 0 {
+		return float64(j.Watermark+j.LinkMark) / float64(n)
 	}
 	return 0
+}
+
+// dataSize is the data size of the state file name, as written.
+func dataSize(j *journal.State, name string) int64 {
+	n, _ := blockfile.Logical(j.Files[name].Size)
+	return n
 }

@@ -3,20 +3,35 @@ package job
 import (
 	"errors"
 	"fmt"
+
 	"hlcp/internal/fsx"
-	"io"
 	"os"
 	"path/filepath"
 	"syscall"
 )
 
-// UsageError is a bad argument: nothing was changed.
-type UsageError struct{ Msg string }
+// UsageError is a bad argument, or a refusal to start: nothing was
+// changed.
+type UsageError struct {
+	Msg string
+	Err error // the cause, when a %w verb named one
+}
 
 func (e *UsageError) Error() string { return e.Msg }
 
+// Unwrap gives the causes that %w verbs named (through the formatted
+// error, which holds them).
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// usagef formats a UsageError; a %w verb in format gives its cause.
 func usagef(format string, args ...any) error {
-	return &UsageError{Msg: fmt.Sprintf(format, args...)}
+	err := fmt.Errorf(format, args...)
+	u := &UsageError{Msg: err.Error()}
+	switch err.(type) {
+	case interface{ Unwrap() error }, interface{ Unwrap() []error }:
+		u.Err = err // holds what %w named
+	}
+	return u
 }
 
 // devIno of a path, following symlinks (used for the path the user gave).
@@ -95,47 +110,5 @@ func inside(p, src string) (bool, error) {
 			return false, nil
 		}
 		cur = parent
-	}
-}
-
-// dstState describes DST before the job: whether it exists and whether it
-// holds anything but the job's own state directory.
-func dstState(dst, stateName string) (exists, empty bool, err error) {
-	fi, err := os.Lstat(dst)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			parent := filepath.Dir(dst)
-			pfi, perr := os.Stat(parent)
-			if perr != nil || !pfi.IsDir() {
-				return false, false, usagef("DST %s: its parent directory %s does not exist", fsx.Quote(dst), fsx.Quote(parent))
-			}
-			return false, true, nil
-		}
-		return false, false, usagef("DST %s: %v", fsx.Quote(dst), err)
-	}
-	if fi.Mode()&os.ModeSymlink != 0 {
-		return false, false, usagef("DST %s is a symlink; hlcp never follows symlinks: give the directory itself", fsx.Quote(dst))
-	}
-	if !fi.IsDir() {
-		return false, false, usagef("DST %s exists and is not a directory", fsx.Quote(dst))
-	}
-	d, err := os.Open(dst)
-	if err != nil {
-		return true, false, usagef("DST %s: %v", fsx.Quote(dst), err)
-	}
-	defer d.Close()
-	for {
-		names, err := d.Readdirnames(64)
-		for _, n := range names {
-			if n != stateName {
-				return true, false, nil
-			}
-		}
-		if err == io.EOF || len(names) == 0 {
-			return true, true, nil
-		}
-		if err != nil {
-			return true, false, err
-		}
 	}
 }

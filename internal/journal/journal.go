@@ -1,19 +1,35 @@
 // Package journal keeps the state of one job in a state directory: which
 // phase it reached, the files the phases produced (runs, directory table,
-// plan) and the copy's watermark. Every update is written to a temporary
-// file, fsynced and renamed over the old one, so that after a crash the
-// journal is either the old or the new version, never a torn one. The
-// journal is O(1) in size: no per-file records.
+// plan) with what was written of each, and the copy's watermark. Every
+// update is written to a temporary file, fsynced and renamed over the old
+// one, so that after a crash the journal is either the old or the new
+// version, never a torn one. The journal is O(1) in size: no per-file
+// records.
+//
+// The state directory is hostile ground: it may sit in a DST that another
+// user can write, or be named by --state. It is opened once, with
+// O_NOFOLLOW, and accepted only when it is a directory owned by root or by
+// the job's user that nobody else can write; every later access is
+// relative to that fd. It carries a marker file, and nothing is deleted
+// from a directory without it, nor any name that hlcp does not make. A
+// state that cannot be read is an error (DamagedError), never "no job".
 package journal
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
-	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"hlcp/internal/blockfile"
+	"hlcp/internal/fsx"
 )
 
 // Phases, in order.
@@ -28,7 +44,20 @@ const (
 )
 
 // Version of the state layout.
-const Version = 1
+const Version = 2
+
+// Names in the state directory. The job's stages write the others (see
+// owned).
+const (
+	stateFile  = "state.json"
+	markerFile = "hlcp-job"
+	// MovedFile exists, durably, from just before a move removes its
+	// first source path: DST then holds the only copy of what it
+	// removed. It survives a damaged state.json.
+	MovedFile = "moved"
+	// ErrorLog is the spooled per-path errors.
+	ErrorLog = "errors.log"
+)
 
 // Identity is what must match for a rerun to resume a job: the same
 // command, the same source and destination (by path and by inode), and the
@@ -45,6 +74,14 @@ type Identity struct {
 	Options string `json:"options"`
 }
 
+// Run is a sorted run file of the scan, in the subdirectory Dir of the
+// state directory.
+type Run struct {
+	Name    string `json:"name"`
+	Size    int64  `json:"size"`
+	Records int64  `json:"records"`
+}
+
 // State is the journal's content.
 type State struct {
 	Version  int       `json:"version"`
@@ -54,8 +91,13 @@ type State struct {
 	Updated  time.Time `json:"updated"`
 	Attempts int       `json:"attempts"` // runs of this job so far
 
-	EntryRuns []string `json:"entry_runs,omitempty"` // relative to the state dir
-	DirRuns   []string `json:"dir_runs,omitempty"`
+	// The scan's runs, in the state directory's scan/e and scan/d.
+	EntryRuns []Run `json:"entry_runs,omitempty"`
+	DirRuns   []Run `json:"dir_runs,omitempty"`
+	// Files: what was written of each file the sort and the copy made
+	// (plan, links, dirs, dirs.idx, copied): checked before they are
+	// used.
+	Files map[string]blockfile.Info `json:"files,omitempty"`
 
 	// Totals known after the scan and sort.
 	Scan json.RawMessage `json:"scan,omitempty"`
@@ -63,86 +105,387 @@ type State struct {
 	Dirs uint32          `json:"dirs"`
 
 	// Progress marks.
-	DirsMade    uint32 `json:"dirs_made"`     // ids below are created
-	Watermark   int64  `json:"watermark"`     // plan offset below which every group's inode is created
-	GroupsBelow int64  `json:"groups_below"`  // groups below the watermark
-	GroupsDone  int64  `json:"groups_done"`   // informative: done when the watermark was saved (workers run ahead of it)
-	PathsDone   int64  `json:"paths_done"`    // informative
-	BytesDone   int64  `json:"bytes_done"`    // informative
-	LinkMark    int64  `json:"link_mark"`     // link file offset below which all links are made
-	FinishBelow uint32 `json:"finish_below"`  // finish: ids >= this are done
-	RemoveMark  int64  `json:"remove_mark"`   // move: plan offset below which sources are removed
-	RemoveDirs  uint32 `json:"remove_dirs"`   // move: directory ids >= this are handled
-	FilesGone   bool   `json:"files_removed"` // move: every source file is handled; directories next
-	Errors      int64  `json:"errors"`
+	DirsMade     uint32 `json:"dirs_made"`     // ids below are created
+	Watermark    int64  `json:"watermark"`     // plan offset below which every group's inode is created
+	GroupsBelow  int64  `json:"groups_below"`  // groups below the watermark
+	GroupsDone   int64  `json:"groups_done"`   // informative: done when the watermark was saved (workers run ahead of it)
+	PathsDone    int64  `json:"paths_done"`    // informative
+	BytesDone    int64  `json:"bytes_done"`    // informative
+	LinkMark     int64  `json:"link_mark"`     // link file offset below which all links are made
+	FinishBelow  uint32 `json:"finish_below"`  // finish: ids >= this are done
+	RemoveMark   int64  `json:"remove_mark"`   // move: plan offset below which sources are removed
+	RemoveGroups int64  `json:"remove_groups"` // move: groups below RemoveMark
+	RemoveDirs   uint32 `json:"remove_dirs"`   // move: directory ids >= this are handled
+	FilesGone    bool   `json:"files_removed"` // move: every source file is handled; directories next
+	Errors       int64  `json:"errors"`
+	// Damaged, when set, says which state file was found damaged by a
+	// run: the job cannot go on from this state.
+	Damaged string `json:"damaged,omitempty"`
 }
 
-// Journal is a state directory with its state.
+// Journal is an open state directory with its state.
 type Journal struct {
+	dir *fsx.Dir
+	// Dir is the state directory's path, for messages.
 	Dir string
+	// madeDir: the directory was created by hlcp (not given empty by the
+	// user), so it is removed with the state.
+	madeDir bool
+	place   Place
 	State
 }
 
-const stateFile = "state.json"
+// Place is where a state directory is: name in the directory parent
+// (an fd the caller keeps open), and its path for messages.
+type Place struct {
+	Parent int
+	Name   string
+	Path   string
+	// InDst: the default place, DST/.hlcp-state, which belongs to the
+	// job whoever made it and goes with the state.
+	InDst bool
+}
 
-// Create makes a new state directory at dir (which must not exist) and
-// writes its first state.
-func Create(dir string, id Identity) (*Journal, error) {
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		// A crash between this mkdir and the first save leaves the
-		// directory empty, or with the temporary state file only: it is
-		// ours and is reused. Anything else is not ours to overwrite.
-		if !errors.Is(err, os.ErrExist) || !leftover(dir) {
-			return nil, fmt.Errorf("create state directory: %w", err)
-		}
+// ErrNoJob means there is no job state there: no directory, or an empty
+// one (or one that a crash inside Create left with nothing but hlcp's
+// marker).
+var ErrNoJob = errors.New("no job state")
+
+// UnsafeError is a state directory that hlcp refuses to use: a symlink,
+// not a directory, owned by someone else, or writable by others.
+type UnsafeError struct {
+	Path string
+	Why  string
+}
+
+func (e *UnsafeError) Error() string {
+	return fmt.Sprintf("refusing the state directory %s: %s", fsx.Quote(e.Path), e.Why)
+}
+
+// DamagedError is a state that cannot be used: unreadable, of another
+// layout, with a damaged file, or a directory that is not hlcp's.
+type DamagedError struct {
+	Path string
+	Err  error
+	// Foreign: the directory has no hlcp marker; hlcp neither uses nor
+	// deletes it.
+	Foreign bool
+	// Command is the job's command as the marker says ("" if unknown).
+	Command string
+	// Moved: the move marker is there: the job has removed sources.
+	Moved bool
+}
+
+func (e *DamagedError) Error() string {
+	if e.Foreign {
+		return fmt.Sprintf("%s is not an hlcp state directory (%v)", fsx.Quote(e.Path), e.Err)
 	}
-	now := time.Now().UTC()
-	j := &Journal{Dir: dir, State: State{Version: Version, ID: id, Phase: PhaseScan, Started: now, Attempts: 1}}
-	if err := j.Save(); err != nil {
+	return fmt.Sprintf("the job state in %s is damaged: %v", fsx.Quote(e.Path), e.Err)
+}
+
+func (e *DamagedError) Unwrap() error { return e.Err }
+
+// MayHoldMovedData reports whether the damaged state may be that of a move
+// that removed source paths: unless the marker says it is a copy and no
+// move marker is there, it may.
+func (e *DamagedError) MayHoldMovedData() bool {
+	return e.Moved || e.Command != "copy"
+}
+
+// MovedData reports whether the state is that of a move that has removed,
+// or may have begun to remove, source paths: DST then holds their only
+// copy.
+func (j *Journal) MovedData() bool {
+	if j.ID.Command != "move" {
+		return false
+	}
+	if j.Phase == PhaseRemove || j.Phase == PhaseDone {
+		return true
+	}
+	_, err := j.dir.Lstat(MovedFile)
+	return err == nil
+}
+
+// Open opens the state directory at p and reads its state. readOnly (for
+// `hlcp status`) skips the owner check: nothing will be written.
+func Open(p Place, readOnly bool) (*Journal, error) {
+	d, err := openDir(p, readOnly)
+	if err != nil {
+		return nil, err
+	}
+	j, err := read(d, p)
+	if err != nil {
+		d.Close()
 		return nil, err
 	}
 	return j, nil
 }
 
-// leftover reports whether dir holds nothing but what a crash during Create
-// can leave.
-func leftover(dir string) bool {
-	ents, err := os.ReadDir(dir)
+// openDir opens and checks the state directory; ErrNoJob when there is
+// none.
+func openDir(p Place, readOnly bool) (*fsx.Dir, error) {
+	d, err := fsx.DirAt(p.Parent, p.Name, p.Path)
 	if err != nil {
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			return nil, ErrNoJob
+		case errors.Is(err, fsx.ErrSymlink):
+			return nil, &UnsafeError{p.Path, "it is a symlink (hlcp never follows one)"}
+		case errors.Is(err, unix.ENOTDIR):
+			return nil, &UnsafeError{p.Path, "it is not a directory"}
+		}
+		return nil, err
+	}
+	if !readOnly {
+		if why := unsafeDir(d); why != "" {
+			d.Close()
+			return nil, &UnsafeError{p.Path, why}
+		}
+	}
+	return d, nil
+}
+
+// unsafeDir says why hlcp must not keep its state in d, or "".
+func unsafeDir(d *fsx.Dir) string {
+	st, err := d.Stat()
+	if err != nil {
+		return err.Error()
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return "it is not a directory"
+	}
+	if euid := uint32(os.Geteuid()); st.Uid != euid && st.Uid != 0 {
+		return fmt.Sprintf("it is owned by uid %d, not by root or by this job's user (uid %d)", st.Uid, euid)
+	}
+	if st.Mode&0o022 != 0 {
+		return fmt.Sprintf("others can write to it (mode %04o)", st.Mode&07777)
+	}
+	if aclGrantsWrite(d.Fd()) {
+		return "its ACL lets others write to it"
+	}
+	return ""
+}
+
+// aclGrantsWrite reports whether the access ACL of fd gives write
+// permission to anyone but the owner.
+func aclGrantsWrite(fd int) bool {
+	buf := make([]byte, 1024)
+	n, err := unix.Fgetxattr(fd, "system.posix_acl_access", buf)
+	if err != nil {
+		return errors.Is(err, unix.ERANGE) // too large to read: assume the worst
+	}
+	b := buf[:n]
+	if len(b) < 4 {
 		return false
 	}
-	for _, e := range ents {
-		if e.Name() != stateFile+".tmp" {
+	for b = b[4:]; len(b) >= 8; b = b[8:] {
+		tag, perm := binary.LittleEndian.Uint16(b), binary.LittleEndian.Uint16(b[2:])
+		const userObj, mask, write = 0x01, 0x10, 0x02
+		if tag != userObj && tag != mask && perm&write != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// marker is the content of the marker file.
+type marker struct {
+	Command string
+	MadeDir bool
+}
+
+func (m marker) encode() []byte {
+	return fmt.Appendf(nil, "hlcp job state\nlayout %d\ncommand %s\nmade-dir %v\n", Version, m.Command, m.MadeDir)
+}
+
+func readMarker(d *fsx.Dir) (marker, error) {
+	b, err := d.ReadFile(markerFile, 4096)
+	if err != nil {
+		return marker{}, err
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 4 || lines[0] != "hlcp job state" {
+		return marker{}, fmt.Errorf("%s is not an hlcp marker", markerFile)
+	}
+	var m marker
+	for _, l := range lines[1:] {
+		k, v, _ := strings.Cut(l, " ")
+		switch k {
+		case "command":
+			if v == "copy" || v == "move" {
+				m.Command = v
+			}
+		case "made-dir":
+			m.MadeDir = v == "true"
+		}
+	}
+	return m, nil
+}
+
+// read reads the state in the opened directory d.
+func read(d *fsx.Dir, p Place) (*Journal, error) {
+	path := p.Path
+	names, err := d.Names()
+	if err != nil {
+		return nil, err
+	}
+	if len(names) == 0 || fresh(names) && !contains(names, stateFile) {
+		// Empty, or what a crash inside Create leaves before the first
+		// state: no job began.
+		return nil, ErrNoJob
+	}
+	m, merr := readMarker(d)
+	if merr != nil {
+		if errors.Is(merr, os.ErrNotExist) {
+			return nil, &DamagedError{Path: path, Foreign: true, Err: errors.New("it has no hlcp marker: hlcp neither uses nor deletes it")}
+		}
+		return nil, &DamagedError{Path: path, Foreign: true, Err: merr}
+	}
+	_, moved := d.Lstat(MovedFile)
+	damaged := func(err error) error {
+		return &DamagedError{Path: path, Err: err, Command: m.Command, Moved: moved == nil}
+	}
+	b, err := d.ReadFile(stateFile, 64<<20)
+	if err != nil {
+		return nil, damaged(err)
+	}
+	j := &Journal{dir: d, Dir: path, madeDir: m.MadeDir || p.InDst, place: p}
+	if err := decode(b, &j.State); err != nil {
+		return nil, damaged(err)
+	}
+	if j.Version != Version {
+		return nil, damaged(fmt.Errorf("layout version %d; this hlcp reads %d", j.Version, Version))
+	}
+	if j.Damaged != "" {
+		return nil, damaged(errors.New(j.Damaged))
+	}
+	if m.Command != "" && m.Command != j.ID.Command {
+		return nil, damaged(fmt.Errorf("the marker says %s, the state %s", m.Command, j.ID.Command))
+	}
+	for name, info := range j.Files {
+		if err := j.checkFile(name, info); err != nil {
+			return nil, damaged(err)
+		}
+	}
+	return j, nil
+}
+
+func contains(names []string, name string) bool {
+	for _, n := range names {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+// fresh reports whether a state directory holds nothing but what Create
+// writes before the first state (a crash in between).
+func fresh(names []string) bool {
+	for _, n := range names {
+		if n != markerFile && n != markerFile+".tmp" && n != stateFile+".tmp" {
 			return false
 		}
 	}
 	return true
 }
 
-// ErrNoJob means there is no state directory (or no state in it).
-var ErrNoJob = errors.New("no job state")
-
-// Open reads the state directory at dir.
-func Open(dir string) (*Journal, error) {
-	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+// checkFile checks that the state file name has the size it was written
+// with.
+func (j *Journal) checkFile(name string, info blockfile.Info) error {
+	st, err := j.dir.Lstat(name)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, ErrNoJob
-		}
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != info.Size {
+		return fmt.Errorf("%s has %d bytes, not the %d written", name, st.Size, info.Size)
+	}
+	return nil
+}
+
+// encode frames the state with its checksum: a state.json that was
+// edited, cut or bit-flipped is reported, not read.
+func encode(s *State) ([]byte, error) {
+	b, err := json.MarshalIndent(s, "  ", "  ")
+	if err != nil {
 		return nil, err
 	}
-	j := &Journal{Dir: dir}
-	if err := json.Unmarshal(b, &j.State); err != nil {
-		return nil, fmt.Errorf("state %s is damaged: %w", filepath.Join(dir, stateFile), err)
+	out := fmt.Appendf(nil, "{\n  \"checksum\": \"crc32c:%08x\",\n  \"state\": ", crc32.Checksum(b, crcTable))
+	out = append(out, b...)
+	return append(out, "\n}\n"...), nil
+}
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+func decode(b []byte, s *State) error {
+	var f struct {
+		Checksum string          `json:"checksum"`
+		State    json.RawMessage `json:"state"`
 	}
-	if j.Version != Version {
-		return nil, fmt.Errorf("state %s has layout version %d; this hlcp reads %d", dir, j.Version, Version)
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("%s: %w", stateFile, err)
+	}
+	if want := fmt.Sprintf("crc32c:%08x", crc32.Checksum(f.State, crcTable)); f.Checksum != want {
+		return fmt.Errorf("%s fails its checksum", stateFile)
+	}
+	if err := json.Unmarshal(f.State, s); err != nil {
+		return fmt.Errorf("%s: %w", stateFile, err)
+	}
+	return nil
+}
+
+// Create makes a new state directory at p (it may exist only when Open
+// said ErrNoJob of it) and writes its marker and its first state.
+func Create(p Place, id Identity) (*Journal, error) {
+	made := true
+	if err := unix.Mkdirat(p.Parent, p.Name, 0o700); err != nil {
+		if !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("create state directory %s: %w", fsx.Quote(p.Path), err)
+		}
+		made = false
+	}
+	d, err := openDir(p, false)
+	if err != nil {
+		return nil, err
+	}
+	if !made {
+		names, err := d.Names()
+		if err == nil && !fresh(names) {
+			err = fmt.Errorf("state directory %s is not empty", fsx.Quote(p.Path))
+		}
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		// A directory made by an earlier run that crashed before its
+		// first state keeps what its marker says.
+		if m, err := readMarker(d); err == nil {
+			made = m.MadeDir
+		}
+		made = made || p.InDst
+	}
+	j := &Journal{dir: d, Dir: p.Path, madeDir: made, place: p}
+	if err := j.writeFile(markerFile, marker{Command: id.Command, MadeDir: made}.encode()); err != nil {
+		d.Close()
+		return nil, err
+	}
+	now := time.Now().UTC()
+	j.State = State{Version: Version, ID: id, Phase: PhaseScan, Started: now, Attempts: 1}
+	if err := j.Save(); err != nil {
+		d.Close()
+		return nil, err
 	}
 	return j, nil
 }
 
-// Path joins a name to the state directory.
-func (j *Journal) Path(name string) string { return filepath.Join(j.Dir, name) }
+// Close closes the state directory.
+func (j *Journal) Close() error { return j.dir.Close() }
+
+// StateDir is the open state directory, for the stages' files.
+func (j *Journal) StateDir() *fsx.Dir { return j.dir }
+
+// Join names a file of the state directory, for messages.
+func (j *Journal) Join(name string) string { return j.dir.Join(name) }
 
 // reserveName is a file of reserveSize bytes kept allocated in the state
 // directory: when the destination fills up (and the state is on it), it
@@ -156,11 +499,10 @@ const (
 // Reserve makes sure the space reserve exists (best effort: on a full
 // filesystem it cannot be made, and the job goes on without it).
 func (j *Journal) Reserve() {
-	p := j.Path(reserveName)
-	if fi, err := os.Stat(p); err == nil && fi.Size() == reserveSize {
+	if st, err := j.dir.Lstat(reserveName); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == reserveSize {
 		return
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o600)
+	f, err := j.dir.CreateReplacing(reserveName)
 	if err != nil {
 		return
 	}
@@ -171,7 +513,7 @@ func (j *Journal) Reserve() {
 		f.Truncate(0)
 		if _, err := f.Write(make([]byte, reserveSize)); err != nil {
 			f.Close()
-			os.Remove(p)
+			j.dir.Remove(reserveName)
 			return
 		}
 	}
@@ -179,33 +521,35 @@ func (j *Journal) Reserve() {
 }
 
 // Release frees the space reserve, for a stop on a full filesystem.
-func (j *Journal) Release() { os.Remove(j.Path(reserveName)) }
+func (j *Journal) Release() { j.dir.Remove(reserveName) }
 
 // Save writes the state durably: temp file, fsync, rename, fsync of the
 // directory. On a full filesystem the space reserve is given up for it.
 func (j *Journal) Save() error {
-	err := j.save()
+	j.Updated = time.Now().UTC()
+	b, err := encode(&j.State)
+	if err != nil {
+		return err
+	}
+	err = j.writeFile(stateFile, b)
 	if err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) {
-		if _, serr := os.Stat(j.Path(reserveName)); serr == nil {
+		if _, serr := j.dir.Lstat(reserveName); serr == nil {
 			j.Release()
-			err = j.save()
+			err = j.writeFile(stateFile, b)
 		}
 	}
 	return err
 }
 
-func (j *Journal) save() error {
-	j.Updated = time.Now().UTC()
-	b, err := json.MarshalIndent(&j.State, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := j.Path(stateFile + ".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+// writeFile replaces name durably with b: a new temporary file (O_EXCL,
+// never through a symlink), fsync, rename, fsync of the directory.
+func (j *Journal) writeFile(name string, b []byte) error {
+	tmp := name + ".tmp"
+	f, err := j.dir.CreateReplacing(tmp)
 	if err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
+	if _, err := f.Write(b); err != nil {
 		f.Close()
 		return fmt.Errorf("write state: %w", err)
 	}
@@ -214,26 +558,36 @@ func (j *Journal) save() error {
 		return fmt.Errorf("sync state: %w", err)
 	}
 	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, j.Path(stateFile)); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
-	return SyncDir(j.Dir)
+	if err := j.dir.Rename(tmp, name); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	return j.dir.Sync()
 }
 
-// SyncDir fsyncs a directory (so that renames in it are durable).
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
+// MarkMoved records durably that the move is about to remove source
+// paths (see MovedFile).
+func (j *Journal) MarkMoved() error {
+	if _, err := j.dir.Lstat(MovedFile); err == nil {
+		return nil
+	}
+	return j.writeFile(MovedFile, []byte("this move has removed source paths: DST holds their only copy\n"))
+}
+
+// SetDamaged records that the state file named in why was found damaged,
+// so that no later run goes on from it.
+func (j *Journal) SetDamaged(why string) error {
+	j.Damaged = why
+	return j.Save()
+}
+
+// SyncFile fsyncs the state file name.
+func (j *Journal) SyncFile(name string) error {
+	f, err := j.dir.Open(name)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
+	defer f.Close()
+	return f.Sync()
 }
-
-// Remove deletes the state directory.
-func (j *Journal) Remove() error { return os.RemoveAll(j.Dir) }

@@ -1,7 +1,6 @@
 package plan
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,19 +9,21 @@ import (
 	"os"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
+	"hlcp/internal/blockfile"
 	"hlcp/internal/extsort"
+	"hlcp/internal/fsx"
 )
 
 // DirTable is the sorted directory records (file "dirs") with an index of
-// their offsets by id (file "dirs.idx": n+1 big-endian uint64). Lookups are
-// two preads; only the names and parents are held in RAM, and only when
-// they fit the share of the budget given to LoadNames, so it scales with
-// the disk, not the budget. Safe for concurrent use.
+// their offsets by id (file "dirs.idx": n+1 big-endian uint64), both
+// sealed in checksummed blocks. Lookups are two checked preads; only the
+// names and parents are held in RAM, and only when they fit the share of
+// the budget given to LoadNames, so it scales with the disk, not the
+// budget. Safe for concurrent use.
 type DirTable struct {
-	f, idx *os.File
-	n      uint32
+	f, idx   *os.File
+	bf, bidx *blockfile.File
+	n        uint32
 	// When the table's names are few enough (see LoadNames), each
 	// directory's parent and name are held in RAM for Resolve:
 	// names[nameOffs[id]:nameOffs[id+1]] is the parent id (4 bytes,
@@ -44,10 +45,8 @@ func (t *DirTable) LoadNames(maxBytes int64) (bool, error) {
 	// Each record in the file is a frame of at least 1 byte holding
 	// DirHeader bytes and the name, so this bounds the names' total.
 	var names []byte
-	if fi, err := t.f.Stat(); err == nil {
-		if est := fi.Size() - int64(t.n)*(DirHeader+1-4); est > 0 && est+int64(cap(offs))*4 <= maxBytes {
-			names = make([]byte, 0, est)
-		}
+	if est := t.bf.Len() - int64(t.n)*(DirHeader+1-4); est > 0 && est+int64(cap(offs))*4 <= maxBytes {
+		names = make([]byte, 0, est)
 	}
 	errFull := errors.New("full")
 	err := t.Scan(0, func(d *Dir) error {
@@ -74,134 +73,108 @@ func (t *DirTable) LoadNames(maxBytes int64) (bool, error) {
 	return true, nil
 }
 
-// BuildDirTable merges the directory runs into path and writes its index.
-// Directory ids must be exactly 0..n-1.
-func BuildDirTable(runs []string, tmpDir, path string, memBytes int) (*DirTable, error) {
-	tmp := path + ".tmp"
-	out, err := os.Create(tmp)
+// BuildDirTable merges the directory runs into the files DirsFile and
+// DirsIdxFile in out (sealed, fsynced, renamed into place), and returns
+// the table and what was written of each file. Directory ids must be
+// exactly 0..n-1.
+func BuildDirTable(runs []extsort.Run, tmp, out *fsx.Dir, memBytes int) (*DirTable, map[string]blockfile.Info, error) {
+	w, err := newSealed(out, DirsFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	bw := bufio.NewWriterSize(out, readBuf)
-	if _, err := extsort.Merge(runs, tmpDir, memBytes, bw, nil); err != nil {
-		out.Close()
-		return nil, fmt.Errorf("merge directory records: %w", err)
+	defer w.abort()
+	if w.records, err = extsort.Merge(runs, tmp, memBytes, w, nil); err != nil {
+		return nil, nil, fmt.Errorf("merge directory records: %w", err)
 	}
-	if err := bw.Flush(); err != nil {
-		out.Close()
-		return nil, err
-	}
-	if _, err := out.Seek(0, io.SeekStart); err != nil {
-		out.Close()
-		return nil, err
+	if err := w.seal(); err != nil {
+		return nil, nil, err
 	}
 	// Second pass: check ids and write the index.
-	ix, err := os.Create(path + ".idx.tmp")
+	br, err := blockfile.NewReaderSize(w.f, w.bf.Size(), 0, readBuf)
 	if err != nil {
-		out.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	iw := bufio.NewWriterSize(ix, readBuf)
-	r := extsort.NewReader(out, readBuf)
+	ix, err := newSealed(out, DirsIdxFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ix.abort()
+	r := extsort.NewReader(br, 4<<10)
 	var want uint32
 	var d Dir
 	for {
 		off := r.Offset()
 		rec, err := r.Next()
 		if err == io.EOF {
-			iw.Write(binary.BigEndian.AppendUint64(nil, uint64(off)))
+			ix.Write(binary.BigEndian.AppendUint64(nil, uint64(off)))
 			break
 		}
 		if err != nil {
-			out.Close()
-			ix.Close()
-			return nil, fmt.Errorf("read directory records: %w", err)
+			return nil, nil, fmt.Errorf("read directory records: %w", err)
 		}
 		if err := DecodeDir(rec, &d); err != nil {
-			out.Close()
-			ix.Close()
-			return nil, err
+			return nil, nil, err
 		}
 		if d.ID != want {
-			out.Close()
-			ix.Close()
-			return nil, fmt.Errorf("directory table: id %d where %d was expected", d.ID, want)
+			return nil, nil, fmt.Errorf("directory table: id %d where %d was expected", d.ID, want)
 		}
 		want++
-		iw.Write(binary.BigEndian.AppendUint64(nil, uint64(off)))
+		ix.Write(binary.BigEndian.AppendUint64(nil, uint64(off)))
 	}
-	if err := iw.Flush(); err != nil {
-		out.Close()
-		ix.Close()
-		return nil, err
+	ix.records = int64(want) + 1
+	// The data file is already flushed and sealed: commit only renames
+	// and syncs it.
+	files := make(map[string]blockfile.Info, 2)
+	if files[DirsIdxFile], err = ix.commit(); err != nil {
+		return nil, nil, err
 	}
-	for _, f := range []*os.File{out, ix} {
-		if err := f.Sync(); err != nil {
-			out.Close()
-			ix.Close()
-			return nil, err
-		}
-		f.Close()
+	if files[DirsFile], err = w.commit(); err != nil {
+		return nil, nil, err
 	}
-	if err := os.Rename(path+".idx.tmp", path+".idx"); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return nil, err
-	}
-	return OpenDirTable(path)
+	t, err := OpenDirTable(out, files)
+	return t, files, err
 }
 
-// OpenDirTable opens a table written by BuildDirTable.
-func OpenDirTable(path string) (*DirTable, error) {
-	f, err := os.Open(path)
+// OpenDirTable opens a table written by BuildDirTable; files is what was
+// written (its sizes and counts are checked).
+func OpenDirTable(dir *fsx.Dir, files map[string]blockfile.Info) (*DirTable, error) {
+	info, iinfo := files[DirsFile], files[DirsIdxFile]
+	f, err := OpenChecked(dir, DirsFile, info)
 	if err != nil {
 		return nil, err
 	}
-	idx, err := os.Open(path + ".idx")
+	idx, err := OpenChecked(dir, DirsIdxFile, iinfo)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	st, err := idx.Stat()
+	t := &DirTable{f: f, idx: idx}
+	if t.bf, err = blockfile.Open(f, info.Size); err == nil {
+		t.bidx, err = blockfile.Open(idx, iinfo.Size)
+	}
+	if err == nil {
+		if l := t.bidx.Len(); l < 8 || l%8 != 0 || l/8 != iinfo.Records || iinfo.Records != info.Records+1 {
+			err = &blockfile.DamageError{File: idx.Name(), Offset: iinfo.Size, Why: fmt.Sprintf("an index of %d bytes for %d directories", l, info.Records)}
+		}
+	}
 	if err != nil {
-		f.Close()
-		idx.Close()
+		t.Close()
 		return nil, err
 	}
-	if st.Size() < 8 || st.Size()%8 != 0 {
-		f.Close()
-		idx.Close()
-		return nil, fmt.Errorf("directory index %s: bad size %d", path, st.Size())
-	}
-	return &DirTable{f: f, idx: idx, n: uint32(st.Size()/8 - 1)}, nil
+	t.n = uint32(t.bidx.Len()/8 - 1)
+	return t, nil
 }
 
 // Close closes the table's files.
 func (t *DirTable) Close() error {
-	t.idx.Close()
+	if t.idx != nil {
+		t.idx.Close()
+	}
 	return t.f.Close()
 }
 
 // Len is the number of directories.
 func (t *DirTable) Len() uint32 { return t.n }
-
-func preadFull(f *os.File, b []byte, off int64) error {
-	for len(b) > 0 {
-		n, err := unix.Pread(int(f.Fd()), b, off)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return err
-		}
-		if n == 0 {
-			return io.ErrUnexpectedEOF
-		}
-		b, off = b[n:], off+int64(n)
-	}
-	return nil
-}
 
 // Get reads directory id into d (d.Name is a new slice).
 func (t *DirTable) Get(id uint32, d *Dir) error {
@@ -209,20 +182,20 @@ func (t *DirTable) Get(id uint32, d *Dir) error {
 		return fmt.Errorf("directory id %d out of range (%d directories)", id, t.n)
 	}
 	var ob [16]byte
-	if err := preadFull(t.idx, ob[:], int64(id)*8); err != nil {
+	if err := t.bidx.ReadAt(ob[:], int64(id)*8); err != nil {
 		return fmt.Errorf("directory index: %w", err)
 	}
 	start, end := int64(binary.BigEndian.Uint64(ob[:])), int64(binary.BigEndian.Uint64(ob[8:]))
 	if end <= start || end-start > extsort.MaxRecord+10 {
-		return fmt.Errorf("directory index: bad extent %d..%d for id %d", start, end, id)
+		return &blockfile.DamageError{File: t.idx.Name(), Why: fmt.Sprintf("bad extent %d..%d for id %d", start, end, id)}
 	}
 	buf := make([]byte, end-start)
-	if err := preadFull(t.f, buf, start); err != nil {
+	if err := t.bf.ReadAt(buf, start); err != nil {
 		return fmt.Errorf("directory table: %w", err)
 	}
 	l, k := binary.Uvarint(buf)
 	if k <= 0 || int64(k)+int64(l) != end-start {
-		return fmt.Errorf("directory table: bad frame for id %d", id)
+		return &blockfile.DamageError{File: t.f.Name(), Why: fmt.Sprintf("bad frame for id %d", id)}
 	}
 	return DecodeDir(buf[k:], d)
 }
@@ -279,16 +252,19 @@ func (t *DirTable) Scan(from uint32, fn func(d *Dir) error) error {
 		return nil
 	}
 	var ob [8]byte
-	if err := preadFull(t.idx, ob[:], int64(from)*8); err != nil {
+	if err := t.bidx.ReadAt(ob[:], int64(from)*8); err != nil {
 		return err
 	}
-	sr := io.NewSectionReader(t.f, int64(binary.BigEndian.Uint64(ob[:])), 1<<62)
-	r := extsort.NewReader(sr, readBuf)
+	br, err := blockfile.NewReaderSize(t.f, t.bf.Size(), int64(binary.BigEndian.Uint64(ob[:])), readBuf)
+	if err != nil {
+		return err
+	}
+	r := extsort.NewReader(br, 4<<10)
 	var d Dir
 	for id := from; id < t.n; id++ {
 		rec, err := r.Next()
 		if err != nil {
-			return fmt.Errorf("directory table at id %d: %w", id, err)
+			return fmt.Errorf("directory table at id %d: %w", id, asDamage(err, t.f.Name()))
 		}
 		if err := DecodeDir(rec, &d); err != nil {
 			return err
@@ -318,29 +294,32 @@ func (t *DirTable) ScanReverse(below uint32, fn func(d *Dir) error) error {
 			lo = hi - chunk
 		}
 		ob := offs[:(hi-lo+1)*8]
-		if err := preadFull(t.idx, ob, int64(lo)*8); err != nil {
+		if err := t.bidx.ReadAt(ob, int64(lo)*8); err != nil {
 			return err
 		}
 		start := int64(binary.BigEndian.Uint64(ob))
 		end := int64(binary.BigEndian.Uint64(ob[len(ob)-8:]))
+		if end < start || end-start > int64(hi-lo)*(extsort.MaxRecord+10) {
+			return &blockfile.DamageError{File: t.idx.Name(), Why: fmt.Sprintf("bad extent %d..%d near id %d", start, end, lo)}
+		}
 		if int64(cap(buf)) < end-start {
 			buf = make([]byte, end-start)
 		}
 		buf = buf[:end-start]
-		if err := preadFull(t.f, buf, start); err != nil {
+		if err := t.bf.ReadAt(buf, start); err != nil {
 			return err
 		}
 		recs = recs[:0]
 		for p := buf; len(p) > 0; {
 			l, k := binary.Uvarint(p)
 			if k <= 0 || uint64(len(p)-k) < l {
-				return fmt.Errorf("directory table: bad frame near id %d", lo)
+				return &blockfile.DamageError{File: t.f.Name(), Why: fmt.Sprintf("bad frame near id %d", lo)}
 			}
 			recs = append(recs, p[k:k+int(l)])
 			p = p[k+int(l):]
 		}
 		if len(recs) != int(hi-lo) {
-			return fmt.Errorf("directory table: %d records where %d expected", len(recs), hi-lo)
+			return &blockfile.DamageError{File: t.f.Name(), Why: fmt.Sprintf("%d records where %d were expected near id %d", len(recs), hi-lo, lo)}
 		}
 		for i := len(recs) - 1; i >= 0; i-- {
 			if err := DecodeDir(recs[i], &d); err != nil {

@@ -2,12 +2,23 @@ package plan
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
+	"hlcp/internal/blockfile"
 	"hlcp/internal/extsort"
+	"hlcp/internal/fsx"
+)
+
+// Names of the files Build and BuildDirTable write.
+const (
+	PlanFile    = "plan"
+	LinksFile   = "links"
+	DirsFile    = "dirs"
+	DirsIdxFile = "dirs.idx"
+	linkRunsDir = "linkruns"
 )
 
 // Stats describes a plan: its paths and inode groups.
@@ -21,22 +32,27 @@ type Stats struct {
 	ByType [16]int64 `json:"by_type"`
 }
 
-// Build merges the sorted entry runs into the plan file at path and the
-// link file at linksPath (each written to a temporary name, fsynced, then
-// renamed; the link file first) and returns their statistics. It uses about
-// 1.5*memBytes: the merge of the entries, and beside it, with half as much,
-// the sort of the links (every
-// path after the first of its group, as a Link record, sorted by
-// destination directory). progress, if not nil, gets the number of records
-// written so far.
-func Build(runs []string, tmpDir, path, linksPath string, memBytes int, progress func(int64)) (Stats, error) {
+// Build merges the sorted entry runs into the plan file and the link file
+// in out (each written sealed to a temporary name, fsynced, then renamed;
+// the link file first) and returns their statistics and what was written
+// of each file, to be checked before they are read. It uses about
+// 1.5*memBytes: the merge of the entries, and beside it, with half as
+// much, the sort of the links (every path after the first of its group,
+// as a Link record, sorted by destination directory) in a directory of
+// tmp. progress, if not nil, gets the number of records written so far.
+func Build(runs []extsort.Run, tmp, out *fsx.Dir, memBytes int, progress func(int64)) (Stats, map[string]blockfile.Info, error) {
 	var st Stats
-	ldir := filepath.Join(tmpDir, "linkruns")
-	os.RemoveAll(ldir)
-	if err := os.Mkdir(ldir, 0o700); err != nil {
-		return st, err
+	if err := RemoveTemp(tmp, linkRunsDir); err != nil {
+		return st, nil, err
 	}
-	defer os.RemoveAll(ldir)
+	ldir, err := tmp.Mkdir(linkRunsDir)
+	if err != nil {
+		return st, nil, err
+	}
+	defer func() {
+		RemoveTemp(tmp, linkRunsDir)
+		ldir.Close()
+	}()
 	links := extsort.New(ldir, memBytes/2, false)
 	var (
 		first  Entry // the current group's first path
@@ -50,17 +66,15 @@ func Build(runs []string, tmpDir, path, linksPath string, memBytes int, progress
 		lbatch, lbuf = lbatch[:0], lbuf[:0]
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
+	w, err := newSealed(out, PlanFile)
 	if err != nil {
-		return st, err
+		return st, nil, err
 	}
-	defer f.Close()
-	bw := bufio.NewWriterSize(f, readBuf)
+	defer w.abort()
 
 	// The merge streams the records; this side counts the groups as they
 	// go past and writes them to the plan file.
-	r, wait := extsort.MergeStream(runs, tmpDir, memBytes, progress)
+	r, wait := extsort.MergeStream(runs, tmp, memBytes, progress)
 	var prev, frame []byte
 	var cur int64
 	endGroup := func() {
@@ -78,11 +92,11 @@ func Build(runs []string, tmpDir, path, linksPath string, memBytes int, progress
 		}
 		if err != nil {
 			wait()
-			return st, fmt.Errorf("build plan: %w", err)
+			return st, nil, fmt.Errorf("build plan: %w", err)
 		}
 		if len(rec) <= EntryHeader {
 			wait()
-			return st, fmt.Errorf("build plan: bad entry record of %d bytes", len(rec))
+			return st, nil, fmt.Errorf("build plan: bad entry record of %d bytes", len(rec))
 		}
 		st.Paths++
 		if prev == nil || !SameInode(prev, rec) {
@@ -102,7 +116,7 @@ func Build(runs []string, tmpDir, path, linksPath string, memBytes int, progress
 			if len(lbuf)+len(lrec) > cap(lbuf) {
 				if err := flushLinks(); err != nil {
 					wait()
-					return st, fmt.Errorf("sort links: %w", err)
+					return st, nil, fmt.Errorf("sort links: %w", err)
 				}
 				if cap(lbuf) == 0 {
 					lbuf = make([]byte, 0, 256<<10)
@@ -115,58 +129,113 @@ func Build(runs []string, tmpDir, path, linksPath string, memBytes int, progress
 		}
 		cur++
 		frame = extsort.AppendFrame(frame[:0], rec)
-		if _, err := bw.Write(frame); err != nil {
+		if _, err := w.Write(frame); err != nil {
 			wait()
-			return st, err
+			return st, nil, err
 		}
+		w.records++
 	}
 	if prev != nil {
 		endGroup()
 	}
 	if err := wait(); err != nil {
-		return st, fmt.Errorf("merge entries: %w", err)
-	}
-	if err := bw.Flush(); err != nil {
-		return st, err
+		return st, nil, fmt.Errorf("merge entries: %w", err)
 	}
 	if err := flushLinks(); err != nil {
-		return st, fmt.Errorf("sort links: %w", err)
+		return st, nil, fmt.Errorf("sort links: %w", err)
 	}
 	lruns, _, _, err := links.Finish()
 	if err != nil {
-		return st, fmt.Errorf("sort links: %w", err)
+		return st, nil, fmt.Errorf("sort links: %w", err)
 	}
-	if err := writeSorted(lruns, ldir, linksPath, memBytes); err != nil {
-		return st, fmt.Errorf("merge links: %w", err)
+	files := make(map[string]blockfile.Info, 2)
+	lw, err := newSealed(out, LinksFile)
+	if err != nil {
+		return st, nil, err
 	}
-	if err := f.Sync(); err != nil {
-		return st, err
+	defer lw.abort()
+	if lw.records, err = extsort.Merge(lruns, ldir, memBytes, lw, nil); err != nil {
+		return st, nil, fmt.Errorf("merge links: %w", err)
 	}
-	if err := f.Close(); err != nil {
-		return st, err
+	if files[LinksFile], err = lw.commit(); err != nil {
+		return st, nil, err
 	}
-	return st, os.Rename(tmp, path)
+	if files[PlanFile], err = w.commit(); err != nil {
+		return st, nil, err
+	}
+	return st, files, nil
 }
 
-// writeSorted merges runs into a new file at path (through a temporary
-// name, fsynced).
-func writeSorted(runs []string, tmpDir, path string, memBytes int) error {
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
+// sealed is a state file being written: sealed in checksummed blocks
+// under a temporary name, then fsynced and renamed to its name.
+type sealed struct {
+	dir  *fsx.Dir
+	name string
+	f    *os.File
+	bf   *blockfile.Writer
+	*bufio.Writer
+	records int64
+	sealed  bool // flushed, and the last block written
+	done    bool // committed or aborted
+}
+
+func newSealed(dir *fsx.Dir, name string) (*sealed, error) {
+	// A temporary file left by a crash is the job's own: replaced.
+	f, err := dir.CreateReplacing(name + ".tmp")
 	if err != nil {
+		return nil, err
+	}
+	bf := blockfile.NewWriter(f)
+	return &sealed{dir: dir, name: name, f: f, bf: bf, Writer: bufio.NewWriterSize(bf, readBuf)}, nil
+}
+
+// seal writes out the buffered data and the last block.
+func (s *sealed) seal() error {
+	if s.sealed {
+		return nil
+	}
+	if err := s.Flush(); err != nil {
 		return err
 	}
-	defer f.Close()
-	if _, err := extsort.Merge(runs, tmpDir, memBytes, f, nil); err != nil {
+	if err := s.bf.Close(); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	s.sealed = true
+	return nil
+}
+
+// commit makes the file durable under its name and says what it holds.
+func (s *sealed) commit() (blockfile.Info, error) {
+	if err := s.seal(); err != nil {
+		return blockfile.Info{}, err
 	}
-	if err := f.Close(); err != nil {
-		return err
+	if err := s.f.Sync(); err != nil {
+		return blockfile.Info{}, err
 	}
-	return os.Rename(tmp, path)
+	if err := s.f.Close(); err != nil {
+		return blockfile.Info{}, err
+	}
+	s.done = true
+	if err := s.dir.Rename(s.name+".tmp", s.name); err != nil {
+		return blockfile.Info{}, err
+	}
+	return blockfile.Info{Size: s.bf.Size(), Records: s.records}, nil
+}
+
+// abort removes the temporary file of a write that did not commit.
+func (s *sealed) abort() {
+	if !s.done {
+		s.f.Close()
+		s.dir.Remove(s.name + ".tmp")
+		s.done = true
+	}
+}
+
+// RemoveTemp removes the subdirectory name of dir that a sort made for its
+// runs (extsort.IsRunName), if it exists. Anything else in it is not
+// ours: it is left, and reported.
+func RemoveTemp(dir *fsx.Dir, name string) error {
+	return dir.RemoveOwn(name, extsort.IsRunName)
 }
 
 // readBuf is the read buffer of a plan, link or directory file read in
@@ -174,32 +243,81 @@ func writeSorted(runs []string, tmpDir, path string, memBytes int) error {
 // syscalls, small next to the copy's working set.
 const readBuf = 256 << 10
 
-// Reader reads a plan file's entries from a given offset.
+// Reader reads a plan or link file's records from a given offset. The
+// file's size must be the one recorded when it was written, and its
+// blocks are checked as they are read; read from the start to the end, its
+// record count is checked too.
 type Reader struct {
-	f *os.File
-	r *extsort.Reader
-	// base is the file offset where r started.
+	f    *os.File
+	info blockfile.Info
+	r    *extsort.Reader
+	// base is the offset where r started.
 	base int64
+	seen int64
 }
 
-// OpenReader opens the plan at path and positions it at offset (a value
-// returned by Offset earlier, or 0).
-func OpenReader(path string, offset int64) (*Reader, error) {
-	f, err := os.Open(path)
+// OpenReader opens the file name in dir, which was written as info says,
+// and positions it at offset (a value returned by Offset earlier, or 0).
+func OpenReader(dir *fsx.Dir, name string, info blockfile.Info, offset int64) (*Reader, error) {
+	f, err := OpenChecked(dir, name, info)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+	br, err := blockfile.NewReaderSize(f, info.Size, offset, readBuf)
+	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	return &Reader{f: f, r: extsort.NewReader(f, readBuf), base: offset}, nil
+	return &Reader{f: f, info: info, r: extsort.NewReader(br, 4<<10), base: offset}, nil
 }
 
-// Next returns the next encoded entry (valid until the next call) or io.EOF.
-func (p *Reader) Next() ([]byte, error) { return p.r.Next() }
+// OpenChecked opens the state file name in dir and checks that its size
+// is the one recorded when it was written.
+func OpenChecked(dir *fsx.Dir, name string, info blockfile.Info) (*os.File, error) {
+	f, err := dir.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if fi.Size() != info.Size {
+		f.Close()
+		return nil, &blockfile.DamageError{File: dir.Join(name), Offset: fi.Size(), Why: fmt.Sprintf("%d bytes, not the %d written", fi.Size(), info.Size)}
+	}
+	return f, nil
+}
 
-// Offset is the file offset of the next entry.
+// Next returns the next encoded record (valid until the next call) or
+// io.EOF.
+func (p *Reader) Next() ([]byte, error) {
+	rec, err := p.r.Next()
+	switch {
+	case err == nil:
+		p.seen++
+	case err == io.EOF:
+		if p.base == 0 && p.seen != p.info.Records {
+			return nil, &blockfile.DamageError{File: p.f.Name(), Offset: p.info.Size, Why: fmt.Sprintf("%d records, not the %d written", p.seen, p.info.Records)}
+		}
+	default:
+		err = asDamage(err, p.f.Name())
+	}
+	return rec, err
+}
+
+// asDamage turns an error about the framing of records whose blocks all
+// passed their checksums (a frame cut by the end, a bad length) into the
+// damage it is; I/O errors stay what they are.
+func asDamage(err error, file string) error {
+	if errors.Is(err, extsort.ErrBadFrame) && !errors.Is(err, blockfile.ErrDamaged) {
+		return &blockfile.DamageError{File: file, Why: err.Error()}
+	}
+	return err
+}
+
+// Offset is the offset of the next record.
 func (p *Reader) Offset() int64 { return p.base + p.r.Offset() }
 
 // Close closes the file.

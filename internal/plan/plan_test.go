@@ -2,18 +2,37 @@ package plan
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
 	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/extsort"
+	"hlcp/internal/fsx"
 )
+
+// testDir opens the directory at path as an fsx.Dir closed at the end of
+// the test.
+func testDir(t testing.TB, path string) *fsx.Dir {
+	t.Helper()
+	d, err := fsx.OpenDir(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// tempDir is testDir of a new t.TempDir().
+func tempDir(t testing.TB) *fsx.Dir {
+	t.Helper()
+	return testDir(t, t.TempDir())
+}
 
 func TestEntryRoundTrip(t *testing.T) {
 	cases := []struct {
@@ -69,7 +88,7 @@ func TestDirRoundTrip(t *testing.T) {
 // TestDirTable builds a table from shuffled records across several runs and
 // reads it by id, forwards and backwards, and as paths.
 func TestDirTable(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempDir(t)
 	const n = 20000
 	s := extsort.New(dir, 1<<20, false)
 	rng := rand.New(rand.NewSource(1))
@@ -89,11 +108,14 @@ func TestDirTable(t *testing.T) {
 	if len(runs) < 2 {
 		t.Fatalf("want several runs, got %d", len(runs))
 	}
-	tab, err := BuildDirTable(runs, dir, filepath.Join(dir, "dirs"), 1<<20)
+	tab, files, err := BuildDirTable(runs, dir, dir, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tab.Close()
+	if files[DirsFile].Records != n || files[DirsIdxFile].Records != n+1 {
+		t.Errorf("files %+v", files)
+	}
 	if tab.Len() != n {
 		t.Fatalf("Len %d", tab.Len())
 	}
@@ -167,21 +189,31 @@ func TestDirTable(t *testing.T) {
 
 // TestDirTableGap: a missing id is an error, not a silent shift.
 func TestDirTableGap(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempDir(t)
 	s := extsort.New(dir, 1<<20, false)
 	for _, id := range []uint32{0, 1, 3} {
 		s.Add(AppendDir(nil, &Dir{ID: id}))
 	}
 	runs, _, _, _ := s.Finish()
-	if _, err := BuildDirTable(runs, dir, filepath.Join(dir, "dirs"), 1<<20); err == nil {
+	if _, _, err := BuildDirTable(runs, dir, dir, 1<<20); err == nil {
 		t.Fatal("a table with a gap in its ids must be refused")
+	}
+	// Nothing is left under either name, nor a temporary.
+	names, err := dir.Names()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if name == DirsFile || name == DirsIdxFile || name == DirsFile+".tmp" || name == DirsIdxFile+".tmp" {
+			t.Errorf("%s left behind by a refused table", name)
+		}
 	}
 }
 
 // TestBuildPlan checks group statistics and that the reader resumes at an
 // offset.
 func TestBuildPlan(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempDir(t)
 	s := extsort.New(dir, 1<<20, false)
 	// inode i has (i % 5) + 1 paths; 1000 inodes.
 	paths := 0
@@ -192,15 +224,17 @@ func TestBuildPlan(t *testing.T) {
 		}
 	}
 	runs, _, _, _ := s.Finish()
-	path := filepath.Join(dir, "plan")
-	st, err := Build(runs, dir, path, filepath.Join(dir, "links"), 1<<20, nil)
+	st, files, err := Build(runs, dir, dir, 1<<20, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if files[PlanFile].Records != int64(paths) || files[LinksFile].Records != st.Links {
+		t.Errorf("files %+v for %d paths, %d links", files, paths, st.Links)
 	}
 	if st.Paths != int64(paths) || st.Groups != 1000 || st.LinkGroups != 800 || st.MaxLinks != 5 || st.ByType[8] != 1000 || st.Links != int64(paths-1000) {
 		t.Errorf("stats %+v", st)
 	}
-	r, err := OpenReader(path, 0)
+	r, err := OpenReader(dir, PlanFile, files[PlanFile], 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,14 +259,19 @@ func TestBuildPlan(t *testing.T) {
 		}
 	}
 	mid := len(recs) / 2
-	r2, _ := OpenReader(path, offs[mid])
+	r2, err := OpenReader(dir, PlanFile, files[PlanFile], offs[mid])
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer r2.Close()
 	rec, err := r2.Next()
 	if err != nil || !bytes.Equal(rec, recs[mid]) || r2.Offset() != offs[mid+1] {
 		t.Errorf("resume at offset: %v", err)
 	}
-	if fi, _ := os.Stat(path + ".tmp"); fi != nil {
-		t.Error("temporary plan left behind")
+	for _, name := range []string{PlanFile + ".tmp", LinksFile + ".tmp", linkRunsDir} {
+		if _, err := dir.Lstat(name); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind: %v", name, err)
+		}
 	}
 }
 
@@ -240,7 +279,7 @@ func TestBuildPlan(t *testing.T) {
 // its group, linked to that first path, sorted by destination directory;
 // names of every length survive the encoding.
 func TestBuildLinks(t *testing.T) {
-	dir := t.TempDir()
+	dir := tempDir(t)
 	s := extsort.New(dir, 1<<20, false)
 	type key struct {
 		dir  uint32
@@ -269,12 +308,11 @@ func TestBuildLinks(t *testing.T) {
 		inos = append(inos, ino)
 	}
 	slices.Sort(inos)
-	lpath := filepath.Join(dir, "links")
-	st, err := Build(runs, dir, filepath.Join(dir, "plan"), lpath, 64<<10, nil)
+	st, files, err := Build(runs, dir, dir, 64<<10, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := OpenReader(lpath, 0)
+	r, err := OpenReader(dir, LinksFile, files[LinksFile], 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,4 +375,24 @@ func FuzzDecodeLink(f *testing.F) {
 			t.Fatalf("round trip of %x: %v, %+v != %+v", rec, err, l2, l)
 		}
 	})
+}
+
+// TestDirFlags: the directory flags are distinct bits, each survives the
+// encoding, alone and together.
+func TestDirFlags(t *testing.T) {
+	flags := []uint8{DirMountSkipped, DirUnreadable, DirGone, DirMountPoint}
+	var all uint8
+	for _, f := range flags {
+		if f == 0 || f&(f-1) != 0 || all&f != 0 {
+			t.Fatalf("flag %#x is not a bit of its own (others %#x)", f, all)
+		}
+		all |= f
+	}
+	for _, f := range append(flags, all, 0) {
+		d := Dir{ID: 1, Flags: f, Name: []byte("x")}
+		var got Dir
+		if err := DecodeDir(AppendDir(nil, &d), &got); err != nil || got.Flags != f {
+			t.Errorf("flags %#x decoded as %#x, %v", f, got.Flags, err)
+		}
+	}
 }

@@ -60,6 +60,7 @@ const (
 	DirMountSkipped uint8 = 1 << iota // a mount point not descended (--one-file-system)
 	DirUnreadable                     // could not be opened or read: contents unknown
 	DirGone                           // vanished before it could be read: not to be created
+	DirMountPoint                     // the root of another filesystem than its parent's (descended)
 )
 
 // Dir is one directory of the source tree with the metadata to restore.

@@ -6,15 +6,22 @@
 // It walks the same plan as the copy (groups in inode order), so a
 // checkpoint is again a plan offset, and a rerun after a crash redoes the
 // groups after it: a source path already gone is skipped. A path is removed
-// only when the destination has it with the same type, size and mtime (and,
-// with Checksum, the same content): at no moment is a path missing from
-// both trees.
+// only when the destination has it with the same type, size, mtime, mode,
+// owner and xattrs (and, with Checksum, the same content), and when its
+// inode has not changed since it was copied (its ctime then is in the
+// job's copy records); one that changed since is removed only when a full
+// comparison, content included, finds its copy equal. At no moment is a
+// path missing from both trees: a checked path is first renamed to a
+// quarantine name in its directory, checked again there (so that a new
+// version renamed over the path meanwhile is never the one deleted), and
+// only then unlinked; if it is not the checked inode, it is renamed back.
 package remove
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"sort"
@@ -23,9 +30,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hlcp/internal/blockfile"
 	"hlcp/internal/fsx"
 	"hlcp/internal/plan"
 	"hlcp/internal/progress"
+	"hlcp/internal/testhook"
 )
 
 // Options of a removal.
@@ -39,11 +48,15 @@ type Options struct {
 	// SrcDevMap maps device numbers of the scan to the source's current
 	// ones (see copier.Options).
 	SrcDevMap map[uint64]uint64
-	// ProbeDir is where to probe the destination filesystem's time
-	// resolution: the job's state directory when it is on that
-	// filesystem, so that a crash leaves no probe file in DST itself.
-	// "" probes in DST's root.
-	ProbeDir string
+	// ProbeDir is where to probe what the destination filesystem keeps
+	// (time resolution, modes, owners): the job's state directory when it
+	// is on that filesystem, so that a crash leaves no probe file in DST
+	// itself. nil probes in DST's root.
+	ProbeDir *fsx.Dir
+	// Copied is the copy's record of each group (see plan.Copied).
+	Copied *plan.Copied
+	// Owner: compare owners (the copy restored them: root).
+	Owner bool
 }
 
 // Stats of a removal.
@@ -51,7 +64,8 @@ type Stats struct {
 	Removed     atomic.Int64 // source paths removed
 	Gone        atomic.Int64 // source paths already gone (an earlier run, or vanished)
 	Kept        atomic.Int64 // source paths kept (no matching copy, or an error)
-	Compared    atomic.Int64 // bytes compared (Checksum)
+	Compared    atomic.Int64 // bytes compared (Checksum, or a source changed since its copy)
+	FullChecks  atomic.Int64 // source inodes that changed since their copy, compared in full
 	DirsRemoved atomic.Int64
 	DirsKept    atomic.Int64
 }
@@ -63,9 +77,13 @@ type Remover struct {
 	dirs             *plan.DirTable
 	srcDirs, dstDirs *fsx.DirCache
 	timeSlack        int64 // ns of mtime difference accepted (coarse destination clocks)
-	kept             []uint64
-	bufA, bufB       []byte
-	Stats            Stats
+	// What the destination keeps (probed): modes and owners are compared
+	// only where it does.
+	keepsModes, keepsOwners bool
+	kept                    []uint64
+	bufA, bufB              []byte
+	x                       fsx.Xattrs
+	Stats                   Stats
 }
 
 // New returns a remover from the tree at srcRoot (its paths are removed)
@@ -84,38 +102,54 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) *Remover {
 	r.kept = make([]uint64, (dirs.Len()+63)/64)
 	var sfs unix.Statfs_t
 	probe := dstRoot
-	if opt.ProbeDir != "" {
-		var ps, ds unix.Stat_t
-		if fd, err := unix.Open(opt.ProbeDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
-			defer unix.Close(fd)
-			if unix.Fstat(fd, &ps) == nil && unix.Fstat(dstRoot, &ds) == nil && ps.Dev == ds.Dev {
-				probe = fd
-			}
+	if opt.ProbeDir != nil {
+		var ds unix.Stat_t
+		if ps, err := opt.ProbeDir.Stat(); err == nil && unix.Fstat(dstRoot, &ds) == nil && ps.Dev == ds.Dev {
+			probe = opt.ProbeDir.Fd()
 		}
 	}
-	if unix.Fstatfs(dstRoot, &sfs) == nil && coarseClock(int64(sfs.Type)) || !exactTimes(probe) {
+	p := probeDst(probe, opt.Owner)
+	if unix.Fstatfs(dstRoot, &sfs) == nil && coarseClock(int64(sfs.Type)) || !p.exactTimes {
 		r.timeSlack = 2e9
 	}
+	r.keepsModes, r.keepsOwners = p.modes, p.owners && opt.Owner
 	return r
 }
 
-// exactTimes reports whether the filesystem of dirfd keeps an mtime to the
-// nanosecond, by setting one on a probe file (FUSE drivers of fat and
-// exfat round them, and statfs names only "fuseblk").
-func exactTimes(dirfd int) bool {
+// probed is what the destination filesystem keeps.
+type probed struct{ exactTimes, modes, owners bool }
+
+// probeDst finds out, on a probe file in dirfd, whether the destination
+// keeps an mtime to the nanosecond (FUSE drivers of fat and exfat round
+// them, and statfs names only "fuseblk"), modes, and (as root) owners.
+// When it cannot tell, it assumes it does: the comparisons are then
+// strict.
+func probeDst(dirfd int, owner bool) probed {
+	p := probed{exactTimes: true, modes: true, owners: true}
 	name := fmt.Sprintf(".hlcp-probe-%d", unix.Getpid())
 	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return true // cannot tell: be strict
+		return p
 	}
 	defer unix.Unlinkat(dirfd, name, 0)
 	defer unix.Close(fd)
 	want := unix.Timespec{Sec: 1600000001, Nsec: 123456789}
 	var st unix.Stat_t
-	if unix.UtimesNanoAt(dirfd, name, []unix.Timespec{want, want}, unix.AT_SYMLINK_NOFOLLOW) != nil || unix.Fstat(fd, &st) != nil {
-		return true
+	if unix.UtimesNanoAt(dirfd, name, []unix.Timespec{want, want}, unix.AT_SYMLINK_NOFOLLOW) == nil && unix.Fstat(fd, &st) == nil {
+		p.exactTimes = st.Mtim == want
 	}
-	return st.Mtim == want
+	unix.Fchmod(fd, 0o604) // refused or ignored where modes are not kept
+	if unix.Fstat(fd, &st) == nil {
+		p.modes = st.Mode&0o7777 == 0o604
+	}
+	if owner {
+		const id = 54321
+		unix.Fchown(fd, id, id)
+		if unix.Fstat(fd, &st) == nil {
+			p.owners = st.Uid == id && st.Gid == id
+		}
+	}
+	return p
 }
 
 // coarseClock reports filesystems that keep mtimes in 2-second steps.
@@ -146,29 +180,60 @@ func (r *Remover) keep(dir uint32, name []byte, err error) {
 	r.opt.OnError(r.dirs.Rel(dir, name), fmt.Errorf("kept in SRC: %w", err))
 }
 
-// errStop is returned by Files and Dirs when stop said so.
-var errStop = errors.New("stopped")
-
-// group is what is known of the group being removed: the destination inode
-// that was found to match its source inode.
+// group is what is known of the group being removed.
 type group struct {
-	matched        bool
-	dstDev, dstIno uint64
-	src            unix.Stat_t // the source inode's state when it matched
+	index   int64 // in plan order
+	matched bool  // a path of it matched its copy in this run
+	dstDev  uint64
+	dstIno  uint64
+	// expect is the source inode's state as this run last left it: as
+	// it matched, then after each of this run's own unlinks of its
+	// paths (which change its ctime), seen through fd, an O_PATH fd of
+	// the inode.
+	expect unix.Stat_t
+	fd     int
+}
+
+func (g *group) close() {
+	if g.fd > 0 {
+		unix.Close(g.fd)
+	}
+	*g = group{}
 }
 
 // sameState reports whether two stats of one inode show the same content
-// and metadata state (any write or chmod changes ctime).
+// and metadata state (a write, chmod, chown, xattr change or link count
+// change moves ctime).
 func sameState(a, b *unix.Stat_t) bool {
-	return a.Dev == b.Dev && a.Ino == b.Ino && a.Size == b.Size && a.Mtim == b.Mtim && a.Ctim == b.Ctim
+	return a.Dev == b.Dev && a.Ino == b.Ino && a.Size == b.Size && a.Mtim == b.Mtim && a.Ctim == b.Ctim &&
+		a.Mode == b.Mode && a.Uid == b.Uid && a.Gid == b.Gid
 }
 
-// Files removes the source paths of the plan's groups from offset from on.
-// checkpoint is called at group boundaries about every `every` with the
-// offset below which every group is handled, and once at the end. stop,
+// sameButCtime is sameState less ctime, which renaming an inode moves
+// (forward) on the usual filesystems.
+func sameButCtime(a, b *unix.Stat_t) bool {
+	return a.Dev == b.Dev && a.Ino == b.Ino && a.Size == b.Size && a.Mtim == b.Mtim &&
+		a.Mode == b.Mode && a.Uid == b.Uid && a.Gid == b.Gid &&
+		(b.Ctim.Sec > a.Ctim.Sec || b.Ctim.Sec == a.Ctim.Sec && b.Ctim.Nsec >= a.Ctim.Nsec)
+}
+
+// Input is the plan whose source paths are removed: plan.PlanFile in Dir,
+// as it was written.
+type Input struct {
+	Dir  *fsx.Dir
+	Plan blockfile.Info
+}
+
+// Files removes the source paths of the plan's groups from offset from
+// (the start of group fromGroup) on. checkpoint is called at group
+// boundaries about every `every` with the offset below which every group
+// is handled and the number of groups below it, and once at the end. stop,
 // when it returns an error, ends the walk at the next group boundary.
-func (r *Remover) Files(planPath string, from int64, ctr *progress.Counters, checkpoint func(off int64) error, every time.Duration, stop func() error) error {
-	pr, err := plan.OpenReader(planPath, from)
+func (r *Remover) Files(in Input, from, fromGroup int64, ctr *progress.Counters, checkpoint func(off, groups int64) error, every time.Duration, stop func() error) error {
+	if stop == nil {
+		stop = func() error { return nil }
+	}
+	pr, err := plan.OpenReader(in.Dir, plan.PlanFile, in.Plan, from)
 	if err != nil {
 		return err
 	}
@@ -180,7 +245,9 @@ func (r *Remover) Files(planPath string, from int64, ctr *progress.Counters, che
 		prev []byte
 		g    group
 		last = time.Now()
+		gi   = fromGroup - 1
 	)
+	defer g.close()
 	for {
 		off := pr.Offset()
 		rec, err := pr.Next()
@@ -196,18 +263,20 @@ func (r *Remover) Files(planPath string, from int64, ctr *progress.Counters, che
 			}
 			if err := stop(); err != nil {
 				if checkpoint != nil {
-					checkpoint(off)
+					checkpoint(off, gi+1)
 				}
 				return err
 			}
 			if checkpoint != nil && every > 0 && time.Since(last) >= every {
-				if err := checkpoint(off); err != nil {
+				if err := checkpoint(off, gi+1); err != nil {
 					return fmt.Errorf("checkpoint: %w", err)
 				}
 				last = time.Now()
 			}
 			prev = append(prev[:0], rec...)
-			g = group{}
+			gi++
+			g.close()
+			g.index = gi
 		}
 		e, err := plan.DecodeEntry(rec)
 		if err != nil {
@@ -221,9 +290,19 @@ func (r *Remover) Files(planPath string, from int64, ctr *progress.Counters, che
 		ctr.Done.Add(1)
 	}
 	if checkpoint != nil {
-		return checkpoint(pr.Offset())
+		return checkpoint(pr.Offset(), gi+1)
 	}
 	return nil
+}
+
+// QuarantineName is the name the source path name of inode (dev, ino),
+// as the scan saw them, takes in its directory between its last check and
+// its unlink. It depends on the name too, so that a path set aside by a
+// run that was killed is put back under its own name, not under another
+// link of the same inode; and on the scan's device number, not today's,
+// so that a run after a reboot that renumbered the device finds it.
+func QuarantineName(dev, ino uint64, name []byte) string {
+	return fmt.Sprintf(".hlcp-rm-%x-%x-%08x", dev, ino, crc32.ChecksumIEEE(name))
 }
 
 // one handles one source path; it reports whether it was removed.
@@ -238,23 +317,112 @@ func (r *Remover) one(e plan.Entry, g *group) bool {
 		return false
 	}
 	defer r.srcDirs.Release(e.Dir)
+	q := QuarantineName(e.Dev, e.Ino, e.Name)
+	if d, ok := r.opt.SrcDevMap[e.Dev]; ok {
+		e.Dev = d
+	}
 	name := string(e.Name)
 	var ss unix.Stat_t
 	if err := unix.Fstatat(spfd, name, &ss, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		if errors.Is(err, unix.ENOENT) {
+		if !errors.Is(err, unix.ENOENT) {
+			r.keep(e.Dir, e.Name, fmt.Errorf("lstat: %w", err))
+			return false
+		}
+		// Gone: removed by an earlier run, or set aside by one that was
+		// killed before its unlink. That one is checked again and
+		// removed (or put back) now.
+		if unix.Fstatat(spfd, q, &ss, unix.AT_SYMLINK_NOFOLLOW) != nil || ss.Dev != e.Dev || ss.Ino != e.Ino {
 			r.Stats.Gone.Add(1)
 			return false
 		}
-		r.keep(e.Dir, e.Name, fmt.Errorf("lstat: %w", err))
-		return false
-	}
-	if d, ok := r.opt.SrcDevMap[e.Dev]; ok {
-		e.Dev = d
+		return r.removeAside(spfd, e, name, q, &ss, g)
 	}
 	if ss.Dev != e.Dev || ss.Ino != e.Ino {
 		r.keep(e.Dir, e.Name, fmt.Errorf("replaced since the scan (its copy is of the old file)"))
 		return false
 	}
+	if !r.check(spfd, e, name, &ss, g) {
+		return false
+	}
+	// Set the path aside, then look again: it must still be the inode
+	// that was checked, in the same state. A new version renamed over the
+	// name since the check is what now sits under the quarantine name: it
+	// goes back, and is kept.
+	testhook.Pause("remove-rename")
+	if err := renameNoReplace(spfd, name, q); err != nil {
+		r.keep(e.Dir, e.Name, fmt.Errorf("set aside as %s before its removal: %w", q, err))
+		return false
+	}
+	var qs unix.Stat_t
+	if err := unix.Fstatat(spfd, q, &qs, unix.AT_SYMLINK_NOFOLLOW); err != nil || !sameButCtime(&ss, &qs) {
+		r.putBack(spfd, e, name, q, fmt.Errorf("changed while checked against its copy"))
+		return false
+	}
+	return r.unlinkAside(spfd, e, q, g)
+}
+
+// removeAside handles a source path that an earlier run set aside under
+// the quarantine name q and did not unlink: it is checked like any other
+// (its ctime moved with the rename, so in full), then removed or renamed
+// back.
+func (r *Remover) removeAside(spfd int, e plan.Entry, name, q string, ss *unix.Stat_t, g *group) bool {
+	if !r.checkAs(spfd, e, q, name, ss, g, false) {
+		r.putBack(spfd, e, name, q, nil)
+		return false
+	}
+	return r.unlinkAside(spfd, e, q, g)
+}
+
+// putBack renames the quarantined q back to name and keeps it (reporting
+// why, when why is not nil).
+func (r *Remover) putBack(spfd int, e plan.Entry, name, q string, why error) {
+	if err := renameNoReplace(spfd, q, name); err != nil {
+		r.keep(e.Dir, e.Name, fmt.Errorf("kept under the name %s: it could not be renamed back (%v)", q, err))
+		return
+	}
+	if why != nil {
+		r.keep(e.Dir, e.Name, why)
+	}
+}
+
+// unlinkAside unlinks the checked, quarantined q, and notes the state that
+// the unlink left the inode in, for the group's next path.
+func (r *Remover) unlinkAside(spfd int, e plan.Entry, q string, g *group) bool {
+	if err := unix.Unlinkat(spfd, q, 0); err != nil {
+		r.putBack(spfd, e, string(e.Name), q, fmt.Errorf("unlink: %w", err))
+		return false
+	}
+	if g.fd > 0 {
+		unix.Fstat(g.fd, &g.expect)
+	}
+	r.Stats.Removed.Add(1)
+	return true
+}
+
+// renameNoReplace renames old to new in dirfd, failing if new exists.
+func renameNoReplace(dirfd int, old, new string) error {
+	err := unix.Renameat2(dirfd, old, dirfd, new, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		// No RENAME_NOREPLACE here (old kernels, some FUSE filesystems).
+		var st unix.Stat_t
+		if unix.Fstatat(dirfd, new, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+			return unix.EEXIST
+		}
+		err = unix.Renameat(dirfd, old, dirfd, new)
+	}
+	return err
+}
+
+// check decides whether the source path name (stat ss) may go: its copy
+// must match it. It reports false after keeping it.
+func (r *Remover) check(spfd int, e plan.Entry, name string, ss *unix.Stat_t, g *group) bool {
+	return r.checkAs(spfd, e, name, name, ss, g, true)
+}
+
+// checkAs is check of the source path sname (name itself, or its
+// quarantine name), against name in DST. trustCopy: the copy record's
+// ctime may spare the full comparison.
+func (r *Remover) checkAs(spfd int, e plan.Entry, sname, name string, ss *unix.Stat_t, g *group, trustCopy bool) bool {
 	dpfd, err := r.dstDirs.Acquire(e.Dir)
 	if err != nil {
 		r.keep(e.Dir, e.Name, fmt.Errorf("open destination directory: %w", err))
@@ -266,37 +434,78 @@ func (r *Remover) one(e plan.Entry, g *group) bool {
 		r.keep(e.Dir, e.Name, fmt.Errorf("not in DST (%w)", err))
 		return false
 	}
-	if !(g.matched && ds.Dev == g.dstDev && ds.Ino == g.dstIno && sameState(&ss, &g.src)) {
-		if err := r.match(spfd, dpfd, name, &ss, &ds); err != nil {
-			r.keep(e.Dir, e.Name, err)
-			return false
-		}
-		g.matched, g.dstDev, g.dstIno, g.src = true, ds.Dev, ds.Ino, ss
+	if g.matched && trustCopy && ds.Dev == g.dstDev && ds.Ino == g.dstIno && sameState(ss, &g.expect) {
+		return true // the group's inode pair matched, and nothing changed since
 	}
-	// Last look before the unlink: the name must still be the inode that
-	// matched, in the same state (a file written, or renamed over this
-	// name, while it was compared is kept).
-	var again unix.Stat_t
-	if err := unix.Fstatat(spfd, name, &again, unix.AT_SYMLINK_NOFOLLOW); err != nil || !sameState(&ss, &again) {
-		r.keep(e.Dir, e.Name, fmt.Errorf("changed while checked against its copy"))
+	// The copy record says whether the copy can be trusted at all, and
+	// whether the inode changed since (then only a full comparison may
+	// let it go).
+	full, why := r.changedSinceCopy(g.index, ss)
+	if why != nil {
+		r.keep(e.Dir, e.Name, why)
 		return false
 	}
-	if err := unix.Unlinkat(spfd, name, 0); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			r.Stats.Gone.Add(1)
-			return false
-		}
-		r.keep(e.Dir, e.Name, fmt.Errorf("unlink: %w", err))
+	full = full || r.opt.Checksum || !trustCopy
+	if full {
+		r.Stats.FullChecks.Add(1)
+	}
+	if err := r.match(spfd, dpfd, sname, name, ss, &ds, full); err != nil {
+		r.keep(e.Dir, e.Name, err)
 		return false
 	}
-	r.Stats.Removed.Add(1)
+	idx := g.index
+	g.close()
+	g.index = idx
+	return r.matched(spfd, sname, ss, &ds, g)
+}
+
+// matched notes that the group's inode pair matched: the state it
+// matched in, and an O_PATH fd of the source inode to follow it through
+// this run's unlinks.
+func (r *Remover) matched(spfd int, sname string, ss, ds *unix.Stat_t, g *group) bool {
+	g.matched, g.dstDev, g.dstIno, g.expect = true, ds.Dev, ds.Ino, *ss
+	fd, err := unix.Openat(spfd, sname, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == nil {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Dev == ss.Dev && st.Ino == ss.Ino {
+			g.fd = fd
+		} else {
+			unix.Close(fd)
+		}
+	}
 	return true
 }
 
-// match checks that the destination inode ds is a copy of the source inode
-// ss: type, size and mtime, the target of a symlink, the device number of
-// a device node, and with Checksum the content.
-func (r *Remover) match(spfd, dpfd int, name string, ss, ds *unix.Stat_t) error {
+// changedSinceCopy looks up the copy record of group gi: full says the
+// inode's ctime is not the one its copy saw (or there is no record), so
+// only a full comparison may let it go; why, when not nil, says the copy
+// itself is not to be trusted.
+func (r *Remover) changedSinceCopy(gi int64, ss *unix.Stat_t) (full bool, why error) {
+	if r.opt.Copied == nil {
+		return true, nil
+	}
+	ctime, flags, ok, err := r.opt.Copied.Get(gi)
+	if err != nil {
+		return false, fmt.Errorf("copy record: %w", err)
+	}
+	if !ok {
+		return true, nil
+	}
+	if flags&plan.CopiedChanged != 0 {
+		return false, fmt.Errorf("it changed while it was copied: its copy may match no single state of it")
+	}
+	if flags&plan.CopiedMetaIncomplete != 0 {
+		return false, fmt.Errorf("some of its metadata (an xattr, an ACL, an owner, a mode or its times) could not be set on its copy (see the errors and warnings of the copy)")
+	}
+	return ctime != ss.Ctim, nil
+}
+
+// match checks that the destination inode ds (name in dpfd) is a copy of
+// the source inode ss (sname in spfd): type, size and mtime, mode and
+// owner where the destination keeps them, every xattr and ACL of the
+// source, the target of a symlink, the device number of a device node,
+// and with full the content.
+func (r *Remover) match(spfd, dpfd int, sname, name string, ss, ds *unix.Stat_t, full bool) error {
 	st, dt := ss.Mode&unix.S_IFMT, ds.Mode&unix.S_IFMT
 	if st != dt {
 		return fmt.Errorf("DST differs: type %s, not %s", fsx.TypeName(fsx.TypeOfMode(ds.Mode)), fsx.TypeName(fsx.TypeOfMode(ss.Mode)))
@@ -307,48 +516,74 @@ func (r *Remover) match(spfd, dpfd int, name string, ss, ds *unix.Stat_t) error 
 	if d := ss.Mtim.Nano() - ds.Mtim.Nano(); d > r.timeSlack || -d > r.timeSlack {
 		return fmt.Errorf("DST differs: mtime %s, not %s", time.Unix(0, ds.Mtim.Nano()).UTC().Format(time.RFC3339Nano), time.Unix(0, ss.Mtim.Nano()).UTC().Format(time.RFC3339Nano))
 	}
+	if r.keepsModes && st != unix.S_IFLNK && ss.Mode&07777 != ds.Mode&07777 {
+		return fmt.Errorf("DST differs: mode %04o, not %04o", ds.Mode&07777, ss.Mode&07777)
+	}
+	if r.keepsOwners && (ss.Uid != ds.Uid || ss.Gid != ds.Gid) {
+		return fmt.Errorf("DST differs: owner %d:%d, not %d:%d", ds.Uid, ds.Gid, ss.Uid, ss.Gid)
+	}
 	switch st {
 	case unix.S_IFCHR, unix.S_IFBLK:
 		if ss.Rdev != ds.Rdev {
 			return fmt.Errorf("DST differs: device number")
 		}
 	case unix.S_IFLNK:
-		a, err := readlink(spfd, name, ss.Size)
+		a, err := fsx.Readlink(spfd, sname, nil)
 		if err != nil {
 			return fmt.Errorf("readlink: %w", err)
 		}
-		b, err := readlink(dpfd, name, ds.Size)
+		b, err := fsx.Readlink(dpfd, name, nil)
 		if err != nil {
 			return fmt.Errorf("readlink in DST: %w", err)
 		}
 		if !bytes.Equal(a, b) {
 			return fmt.Errorf("DST differs: symlink target")
 		}
-	case unix.S_IFREG:
-		if r.opt.Checksum {
-			return r.compare(spfd, dpfd, name, ss)
+	}
+	if err := r.matchXattrs(spfd, dpfd, sname, name); err != nil {
+		return err
+	}
+	if st == unix.S_IFREG && full {
+		return r.compare(spfd, dpfd, sname, name, ss)
+	}
+	return nil
+}
+
+// matchXattrs checks that DST has every xattr (and ACL) of the source,
+// with the same value. DST may have more (a security label its
+// filesystem gives every file): none of the source's is lost then.
+func (r *Remover) matchXattrs(spfd, dpfd int, sname, name string) error {
+	sx, err := r.x.ReadPath(fsx.ProcPath(spfd, sname))
+	if err != nil {
+		return fmt.Errorf("read xattrs: %w", err)
+	}
+	if len(sx) == 0 {
+		return nil
+	}
+	dx, err := r.x.ReadPath(fsx.ProcPath(dpfd, name))
+	if err != nil {
+		return fmt.Errorf("read xattrs in DST: %w", err)
+	}
+	j := 0
+	for _, a := range sx {
+		for j < len(dx) && dx[j].Name < a.Name {
+			j++
+		}
+		if j == len(dx) || dx[j].Name != a.Name {
+			return fmt.Errorf("DST differs: it lacks the xattr %s", fsx.Quote(a.Name))
+		}
+		if !bytes.Equal(dx[j].Value, a.Value) {
+			return fmt.Errorf("DST differs: xattr %s", fsx.Quote(a.Name))
 		}
 	}
 	return nil
 }
 
-func readlink(dirfd int, name string, size int64) ([]byte, error) {
-	buf := make([]byte, size+1)
-	n, err := unix.Readlinkat(dirfd, name, buf)
-	if err != nil {
-		return nil, err
-	}
-	if int64(n) != size {
-		return nil, fmt.Errorf("symlink changed while read")
-	}
-	return buf[:n], nil
-}
-
 // compare reads both files and compares their bytes.
-func (r *Remover) compare(spfd, dpfd int, name string, ss *unix.Stat_t) error {
+func (r *Remover) compare(spfd, dpfd int, sname, name string, ss *unix.Stat_t) error {
 	size := ss.Size
 	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
-	sfd, err := fsx.OpenNoAtime(spfd, name, flags)
+	sfd, err := fsx.OpenNoAtime(spfd, sname, flags)
 	if err != nil {
 		return fmt.Errorf("open: %w", err)
 	}
@@ -414,6 +649,9 @@ func readFull(fd int, b []byte) (int, error) {
 // checkpoint is called about every `every` with the id below which work
 // remains.
 func (r *Remover) Dirs(below uint32, done func(), checkpoint func(below uint32) error, every time.Duration, stop func() error) error {
+	if stop == nil {
+		stop = func() error { return nil }
+	}
 	last := time.Now()
 	return r.dirs.ScanReverse(below, func(d *plan.Dir) error {
 		if done != nil {

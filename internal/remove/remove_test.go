@@ -80,7 +80,7 @@ func TestMatch(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := &Remover{opt: Options{Checksum: c.checksum}, timeSlack: c.slack}
-			err := r.match(sfd, dfd, "x", &ss, &ds)
+			err := r.match(sfd, dfd, "x", "x", &ss, &ds, c.checksum)
 			switch {
 			case c.want == "" && err != nil:
 				t.Errorf("want a match, got %v", err)
@@ -99,5 +99,101 @@ func TestCoarseClock(t *testing.T) {
 		if got := coarseClock(c.fs); got != c.want {
 			t.Errorf("coarseClock(%#x) = %v", c.fs, got)
 		}
+	}
+}
+
+// TestMatchMeta: mode and owner are compared where the destination keeps
+// them, every source xattr must be in DST with its value, and full
+// compares the content.
+func TestMatchMeta(t *testing.T) {
+	root := os.Geteuid() == 0
+	type meta struct {
+		mode     uint32
+		uid, gid int
+		xattrs   map[string]string
+		content  string
+	}
+	base := meta{mode: 0o644, content: "hello"}
+	with := func(f func(m *meta)) meta {
+		m := base
+		m.xattrs = map[string]string{}
+		f(&m)
+		return m
+	}
+	cases := []struct {
+		name               string
+		src, dst           meta
+		keepsModes, owners bool
+		full, rootOnly     bool
+		want               string
+	}{
+		{name: "same", src: base, dst: base, keepsModes: true, owners: true, full: true},
+		{name: "mode differs", src: base, dst: with(func(m *meta) { m.mode = 0o600 }), keepsModes: true, want: "mode 0600, not 0644"},
+		{name: "mode differs, not kept by DST", src: base, dst: with(func(m *meta) { m.mode = 0o600 })},
+		{name: "setuid bit differs", src: with(func(m *meta) { m.mode = 0o4755 }), dst: with(func(m *meta) { m.mode = 0o755 }), keepsModes: true, want: "mode"},
+		{name: "owner differs", src: with(func(m *meta) { m.uid, m.gid = 1234, 1234 }), dst: base, owners: true, rootOnly: true, want: "owner 0:0, not 1234:1234"},
+		{name: "group differs", src: with(func(m *meta) { m.gid = 77 }), dst: base, owners: true, rootOnly: true, want: "owner"},
+		{name: "owner differs, not kept", src: with(func(m *meta) { m.uid = 1234 }), dst: base, rootOnly: true},
+		{name: "xattr missing in DST", src: with(func(m *meta) { m.xattrs["user.a"] = "1" }), dst: base, want: "lacks the xattr user.a"},
+		{name: "xattr value differs", src: with(func(m *meta) { m.xattrs["user.a"] = "1" }), dst: with(func(m *meta) { m.xattrs["user.a"] = "2" }), want: "xattr user.a"},
+		{name: "one of several xattrs missing", src: with(func(m *meta) { m.xattrs["user.a"], m.xattrs["user.b"], m.xattrs["user.c"] = "1", "2", "3" }),
+			dst: with(func(m *meta) { m.xattrs["user.a"], m.xattrs["user.c"] = "1", "3" }), want: "lacks the xattr user.b"},
+		{name: "xattrs equal", src: with(func(m *meta) { m.xattrs["user.a"], m.xattrs["user.b"] = "1", "2" }),
+			dst: with(func(m *meta) { m.xattrs["user.a"], m.xattrs["user.b"] = "1", "2" })},
+		{name: "more xattrs in DST", src: with(func(m *meta) { m.xattrs["user.b"] = "2" }),
+			dst: with(func(m *meta) { m.xattrs["user.a"], m.xattrs["user.b"], m.xattrs["user.z"] = "1", "2", "3" })},
+		{name: "content differs, full", src: base, dst: with(func(m *meta) { m.content = "HELLO" }), full: true, want: "content"},
+		{name: "content differs, not full", src: base, dst: with(func(m *meta) { m.content = "HELLO" })},
+	}
+	mt := unix.Timespec{Sec: 1600000000, Nsec: 5}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.rootOnly && !root {
+				t.Skip("needs root")
+			}
+			dir := t.TempDir()
+			make := func(name string, m meta) int {
+				d := filepath.Join(dir, name)
+				os.Mkdir(d, 0o755)
+				p := filepath.Join(d, "x")
+				if err := os.WriteFile(p, []byte(m.content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				for k, v := range m.xattrs {
+					if err := unix.Setxattr(p, k, []byte(v), 0); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if root {
+					if err := os.Lchown(p, m.uid, m.gid); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := unix.Chmod(p, m.mode); err != nil {
+					t.Fatal(err)
+				}
+				if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{mt, mt}, 0); err != nil {
+					t.Fatal(err)
+				}
+				fd, err := unix.Open(d, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { unix.Close(fd) })
+				return fd
+			}
+			sfd, dfd := make("s", c.src), make("d", c.dst)
+			var ss, ds unix.Stat_t
+			unix.Fstatat(sfd, "x", &ss, unix.AT_SYMLINK_NOFOLLOW)
+			unix.Fstatat(dfd, "x", &ds, unix.AT_SYMLINK_NOFOLLOW)
+			r := &Remover{keepsModes: c.keepsModes, keepsOwners: c.owners}
+			err := r.match(sfd, dfd, "x", "x", &ss, &ds, c.full)
+			switch {
+			case c.want == "" && err != nil:
+				t.Errorf("want a match, got %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Errorf("want an error with %q, got %v", c.want, err)
+			}
+		})
 	}
 }

@@ -347,6 +347,7 @@ func (w *worker) process(it item) int {
 		}
 		if st.Dev != p.dev {
 			s.stats.mounts.Add(1)
+			d.Flags |= plan.DirMountPoint
 			if s.opt.OneFileSystem {
 				d.SetStat(&st)
 				d.Flags |= plan.DirMountSkipped

@@ -16,7 +16,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 
@@ -109,7 +108,9 @@ type side struct {
 	root          string
 	fd            int
 	paths, dirs   *extsort.Sorter
-	pathRuns, dru []string
+	pathRuns, dru []extsort.Run
+	tmp           *fsx.Dir // its temporary directory
+	pairTmp       *fsx.Dir // pa or pb: the pair runs' directory
 	st            scan.Stats
 	dt            *plan.DirTable
 	cache         *fsx.DirCache
@@ -165,7 +166,8 @@ func (e *emitter) Flush() error {
 
 type run struct {
 	o      Options
-	tmp    string
+	tmp    *fsx.Dir
+	dirs   []*fsx.Dir // temporary directories to close
 	src    *side
 	dst    *side
 	diffs  *extsort.Sorter
@@ -199,17 +201,27 @@ func Run(o Options, emit func(Diff) error) (Result, error) {
 		return Result{}, fmt.Errorf("temporary directory: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	r := &run{o: o, tmp: tmp, hasher: h, seed: rand.Uint64()}
+	r := &run{o: o, hasher: h, seed: rand.Uint64()}
+	defer func() {
+		for _, d := range r.dirs {
+			d.Close()
+		}
+	}()
+	if r.tmp, err = fsx.OpenDir(tmp); err != nil {
+		return Result{}, fmt.Errorf("temporary directory: %w", err)
+	}
+	r.dirs = append(r.dirs, r.tmp)
 	switch {
 	case o.Sample >= 100:
 		r.o.Checksum = true
 	case o.Sample > 0:
 		r.sample = uint64(o.Sample / 100 * (1 << 32))
 	}
-	if err := os.Mkdir(filepath.Join(tmp, "diffs"), 0o700); err != nil {
+	diffs, err := r.mkdir(r.tmp, "diffs")
+	if err != nil {
 		return Result{}, err
 	}
-	r.diffs = extsort.New(filepath.Join(tmp, "diffs"), int(o.Memory/16), false)
+	r.diffs = extsort.New(diffs, int(o.Memory/16), false)
 	r.src = &side{name: "src", root: o.Src}
 	r.dst = &side{name: "dst", root: o.Dst}
 	defer r.close()
@@ -226,6 +238,16 @@ func Run(o Options, emit func(Diff) error) (Result, error) {
 		return r.res, err
 	}
 	return r.report(emit)
+}
+
+// mkdir makes the temporary directory name in parent.
+func (r *run) mkdir(parent *fsx.Dir, name string) (*fsx.Dir, error) {
+	d, err := parent.Mkdir(name)
+	if err != nil {
+		return nil, err
+	}
+	r.dirs = append(r.dirs, d)
+	return d, nil
 }
 
 func (r *run) close() {
@@ -263,11 +285,20 @@ func (r *run) scan() error {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	for i, s := range []*side{r.src, r.dst} {
-		dir := filepath.Join(r.tmp, s.name)
-		os.MkdirAll(filepath.Join(dir, "p"), 0o700)
-		os.MkdirAll(filepath.Join(dir, "d"), 0o700)
-		s.paths = extsort.New(filepath.Join(dir, "p"), int(r.o.Memory/5), false)
-		s.dirs = extsort.New(filepath.Join(dir, "d"), int(r.o.Memory/32), false)
+		var err error
+		if s.tmp, err = r.mkdir(r.tmp, s.name); err != nil {
+			return err
+		}
+		p, err := r.mkdir(s.tmp, "p")
+		if err != nil {
+			return err
+		}
+		d, err := r.mkdir(s.tmp, "d")
+		if err != nil {
+			return err
+		}
+		s.paths = extsort.New(p, int(r.o.Memory/5), false)
+		s.dirs = extsort.New(d, int(r.o.Memory/32), false)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -299,7 +330,7 @@ func (r *run) scan() error {
 	r.res.SrcPaths = r.src.st.Dirs + r.src.st.Entries
 	r.res.DstPaths = r.dst.st.Dirs + r.dst.st.Entries
 	for _, s := range []*side{r.src, r.dst} {
-		dt, err := plan.BuildDirTable(s.dru, filepath.Join(r.tmp, s.name), filepath.Join(r.tmp, s.name, "dirs"), int(r.o.Memory/8))
+		dt, _, err := plan.BuildDirTable(s.dru, s.tmp, s.tmp, int(r.o.Memory/8))
 		if err != nil {
 			return fmt.Errorf("%s directories: %w", s.name, err)
 		}
@@ -350,13 +381,17 @@ func (r *run) join() error {
 	ctr := r.o.Progress.Phase("compare", "paths", "")
 	ctr.Total.Store(r.res.SrcPaths)
 	mem := int(r.o.Memory / 16)
-	sr, sdone := extsort.MergeStream(r.src.pathRuns, filepath.Join(r.tmp, "src"), mem, nil)
-	dr, ddone := extsort.MergeStream(r.dst.pathRuns, filepath.Join(r.tmp, "dst"), mem, nil)
-	for _, d := range []string{"pa", "pb"} {
-		os.Mkdir(filepath.Join(r.tmp, d), 0o700)
+	var err error
+	if r.src.pairTmp, err = r.mkdir(r.tmp, "pa"); err != nil {
+		return err
 	}
-	pa := extsort.New(filepath.Join(r.tmp, "pa"), int(r.o.Memory/5), false)
-	pb := extsort.New(filepath.Join(r.tmp, "pb"), int(r.o.Memory/5), false)
+	if r.dst.pairTmp, err = r.mkdir(r.tmp, "pb"); err != nil {
+		return err
+	}
+	sr, sdone := extsort.MergeStream(r.src.pathRuns, r.src.tmp, mem, nil)
+	dr, ddone := extsort.MergeStream(r.dst.pathRuns, r.dst.tmp, mem, nil)
+	pa := extsort.New(r.src.pairTmp, int(r.o.Memory/5), false)
+	pb := extsort.New(r.dst.pairTmp, int(r.o.Memory/5), false)
 
 	tasks := make(chan task, 4*r.o.Jobs)
 	var wg sync.WaitGroup
@@ -465,7 +500,7 @@ func pairKey(rec []byte) []byte { return rec[32 : len(rec)-pairTail] }
 func (r *run) pairs() error {
 	ctr := r.o.Progress.Phase("inodes", "paths", "")
 	ctr.Total.Store(r.npairs)
-	rd, done := extsort.MergeStream(r.src.pathRuns, filepath.Join(r.tmp, "pa"), int(r.o.Memory/4), nil)
+	rd, done := extsort.MergeStream(r.src.pathRuns, r.src.pairTmp, int(r.o.Memory/4), nil)
 	tasks := make(chan task, 4*r.o.Jobs)
 	var wg sync.WaitGroup
 	r.workers(tasks, &wg, ctr)
@@ -540,7 +575,7 @@ func (r *run) sampled(dev, ino uint64) bool {
 // reverse walks the pairs sorted by destination inode: a destination inode
 // reached from two source inodes joined what the source kept apart.
 func (r *run) reverse() error {
-	rd, done := extsort.MergeStream(r.dst.pathRuns, filepath.Join(r.tmp, "pb"), int(r.o.Memory/4), nil)
+	rd, done := extsort.MergeStream(r.dst.pathRuns, r.dst.pairTmp, int(r.o.Memory/4), nil)
 	var first []byte
 	err := eachRecord(rd, 33, "reverse pair", func(rec []byte) error {
 		if first == nil || !bytes.Equal(first[:16], rec[:16]) {
@@ -571,7 +606,7 @@ func (r *run) report(emit func(Diff) error) (Result, error) {
 	if n == 0 {
 		return r.res, nil
 	}
-	rd, done := extsort.MergeStream(runs, filepath.Join(r.tmp, "diffs"), int(r.o.Memory/4), nil)
+	rd, done := extsort.MergeStream(runs, nil, int(r.o.Memory/4), nil)
 	for {
 		rec, err := rd.Next()
 		if err == io.EOF {
@@ -679,22 +714,13 @@ func (w *worker) load(s *side, dir uint32, name string, typ uint8, dev, ino uint
 		return false
 	}
 	if typ == fsx.TypeLnk {
-		size := max(int(in.St.Size)+1, 256)
-		for {
-			if cap(w.lb) < size {
-				w.lb = make([]byte, size)
-			}
-			n, err := unix.Readlinkat(pfd, name, w.lb[:size])
-			if err != nil {
-				r.diff(CodeError, key, "%s: readlink: %v", s.name, err)
-				return false
-			}
-			if n < size {
-				in.Target = append([]byte(nil), w.lb[:n]...)
-				break
-			}
-			size *= 2
+		t, err := fsx.Readlink(pfd, name, w.lb)
+		if err != nil {
+			r.diff(CodeError, key, "%s: readlink: %v", s.name, err)
+			return false
 		}
+		w.lb = t
+		in.Target = append([]byte(nil), t...)
 	}
 	if r.o.What.Xattrs || r.o.What.ACLs {
 		var err error
