@@ -185,10 +185,12 @@ DST must not exist or be empty: SRC's content goes directly into DST (like
 rsync SRC/ DST/; there is no trailing-slash distinction). Memory stays within
 --memory however large the tree is: the scan's records are sorted on disk.
 
-The job's state lives in DST/.hlcp-state (or --state DIR) and is removed at
-the end. If the copy is interrupted (Ctrl-C, kill -9, power loss, full disk),
+The job's state lives in DST/.hlcp-state (or --state DIR: a directory owned
+by you or root that nobody else can write), mode 0700, and is removed at the
+end. If the copy is interrupted (Ctrl-C, kill -9, power loss, full disk),
 rerun the same command: it resumes from its last checkpoint. ` + "`hlcp status DST`" + `
-shows how far an unfinished job got.
+shows how far an unfinished job got. Rerun after it finished: DST is checked
+against SRC and the command exits 0 with "already complete".
 
 ` + exitCodes,
 		Example: `  hlcp copy /backups/rsnapshot /mnt/newdisk/rsnapshot
@@ -226,14 +228,19 @@ func moveCmd() *cobra.Command {
 		Short: "Copy SRC to DST, then remove from SRC what is safely in DST",
 		Long: `Move copies SRC to DST exactly as ` + "`hlcp copy`" + ` does, makes the copy durable
 (syncfs), and only then removes each source path whose copy in DST still
-matches it: same type, size and mtime (and content with --checksum). Source
-directories are removed when they are empty, deepest first; SRC itself stays
-unless --remove-root. A path that does not match, or whose copy failed, is
-kept in SRC and listed (exit 3).
+matches it: same type, size, mtime, mode and owner, every xattr and ACL (and
+content with --checksum), and an inode that has not changed since it was
+copied (else its content is compared too). Each path is renamed aside,
+checked again, then unlinked. Source directories are removed when they are
+empty, deepest first; SRC itself stays unless --remove-root. A path that does
+not match, or whose copy failed or lacks metadata, is kept in SRC and listed
+(exit 3).
 
 At no moment, kill -9 and power loss included, is a path missing from both
 SRC and DST. Rerun the same command after an interruption: it finishes the
-job from its last checkpoint.
+job from its last checkpoint. Rerun it after it finished: it says "nothing
+left to move" and exits 0. A move that has removed source paths cannot be
+discarded (--restart) without --discard-moved-data.
 
 ` + exitCodes,
 		Example: `  hlcp move /mnt/old/rsnapshot /mnt/new/rsnapshot
