@@ -17,6 +17,8 @@ import (
 	"hash/crc32"
 	"io"
 	"sync"
+
+	"hlcp/internal/fsx"
 )
 
 const (
@@ -44,7 +46,7 @@ type DamageError struct {
 }
 
 func (e *DamageError) Error() string {
-	return fmt.Sprintf("%s is damaged at byte %d: %s", e.File, e.Offset, e.Why)
+	return fmt.Sprintf("%s is damaged at byte %d: %s", fsx.Quote(e.File), e.Offset, e.Why)
 }
 
 func (e *DamageError) Unwrap() error { return ErrDamaged }

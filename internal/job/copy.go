@@ -209,6 +209,9 @@ func (r *runner) run() (int, error) {
 	r.rep = progress.New(o.Stderr, mode, o.Interval)
 	defer r.rep.Close()
 
+	if code, done := r.movedAway(); done {
+		return code, nil
+	}
 	if err := r.preflight(); err != nil {
 		return ExitUsage, err
 	}

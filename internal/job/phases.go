@@ -168,9 +168,15 @@ func (r *runner) scanPhase() error {
 		exclude = append(exclude, [2]uint64{xs.Dev, xs.Ino})
 	}
 	ctr := r.rep.Phase("scan", "paths", "")
+	var names []string
+	if r.o.State == "" {
+		// An entry named like the state directory, made in SRC after the
+		// preflight check, would be copied into the job's own state.
+		names = []string{StateName}
+	}
 	st, err := scan.Scan(r.o.Src, scan.Options{
-		Exclude: exclude,
-		Jobs:    r.o.Jobs, OneFileSystem: r.o.OneFileSystem,
+		Exclude: exclude, ExcludeTop: names, RootFd: r.srcFd,
+		Jobs: r.o.Jobs, OneFileSystem: r.o.OneFileSystem,
 		NewEmitter: func() scan.Emitter { return plan.NewEmitter(ents, dirs) },
 		Counters:   ctr,
 		OnError:    r.errs.add,
@@ -515,7 +521,7 @@ func (r *runner) finishJob() (int, error) {
 		return r.stop(err)
 	}
 	if r.o.Move && r.o.RemoveRoot {
-		if err := unix.Rmdir(r.o.Src); err != nil {
+		if err := r.removeSrcRoot(); err != nil {
 			r.errs.add(".", fmt.Errorf("kept SRC's root: %w", err))
 		} else {
 			r.sum.RootRemoved = true
@@ -551,9 +557,37 @@ func (r *runner) input() copier.Input {
 
 // removeState removes the finished job's state (see finishJob).
 func (r *runner) removeState() error {
-	err := r.j.Remove()
+	var root plan.Dir
+	if err := r.dirs.Get(0, &root); err != nil {
+		return err
+	}
+	err := r.j.Remove([2]unix.Timespec{root.Atime, root.Mtime})
 	// Tests: a kill after the state is gone and before the root's times
 	// are set again; a rerun must find DST complete.
 	testhook.CrashAt("state-removed")
 	return err
+}
+
+// removeSrcRoot removes SRC itself (move --remove-root) by its name in its
+// parent, only while that name still holds the directory the job opened
+// as SRC: a path swapped meanwhile (a parent renamed, a symlink put in
+// its place) never leads to another directory.
+func (r *runner) removeSrcRoot() error {
+	abs := absPath(r.o.Src)
+	pfd, err := unix.Open(filepath.Dir(abs), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	var want, now unix.Stat_t
+	if err := unix.Fstat(r.srcFd, &want); err != nil {
+		return err
+	}
+	if err := unix.Fstatat(pfd, filepath.Base(abs), &now, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return err
+	}
+	if now.Dev != want.Dev || now.Ino != want.Ino {
+		return fmt.Errorf("%s no longer names the directory that was moved", fsx.Quote(r.o.Src))
+	}
+	return unix.Unlinkat(pfd, filepath.Base(abs), unix.AT_REMOVEDIR)
 }

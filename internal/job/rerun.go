@@ -2,6 +2,7 @@ package job
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/fsx"
+	"hlcp/internal/journal"
 	"hlcp/internal/progress"
 	"hlcp/internal/verify"
 )
@@ -217,4 +219,44 @@ func topDiffers(srcFd, dstFd int) string {
 		}
 	}
 	return ""
+}
+
+// movedAway answers a rerun of a finished `hlcp move --remove-root`: SRC
+// is gone, and DST holds what was moved and no job. Anything else (no
+// --remove-root, a DST with a job or none at all) goes on to the usual
+// checks, which refuse a missing SRC.
+func (r *runner) movedAway() (int, bool) {
+	o := &r.o
+	if !o.Move || !o.RemoveRoot || o.State != "" {
+		return 0, false
+	}
+	if _, err := os.Lstat(o.Src); !errors.Is(err, os.ErrNotExist) {
+		return 0, false
+	}
+	if exists, err := dstExists(o.Dst); err != nil || !exists {
+		return 0, false
+	}
+	if err := r.openDst(); err != nil {
+		return 0, false
+	}
+	done := false
+	defer func() {
+		if !done { // the usual checks open DST again
+			unix.Close(r.dstFd)
+			r.dstFd = -1
+		}
+	}()
+	place, _, _ := r.statePlace()
+	if j, err := journal.Open(place, true); !errors.Is(err, journal.ErrNoJob) {
+		if j != nil {
+			j.Close()
+		}
+		return 0, false
+	}
+	if empty, err := emptyDir(r.dstFd, StateName); err != nil || empty {
+		return 0, false
+	}
+	done = true
+	code, _ := r.alreadyDone("nothing left to move: SRC is gone (a finished move --remove-root leaves it so)")
+	return code, true
 }

@@ -123,6 +123,14 @@ func (r *runner) openJob() (int, error) {
 		switch {
 		case errors.Is(err, journal.ErrNoJob):
 			old = nil
+			if place.InDst {
+				// What a crash while a state was made, or removed, left
+				// (hlcp's marker at most) goes, so that DST is compared
+				// without it.
+				if err := journal.Discard(place); err != nil {
+					return ExitUsage, usagef("%v", err)
+				}
+			}
 		case errors.As(err, &ue):
 			return ExitUsage, usagef("%v; hlcp keeps its state only in a directory of its own (owned by root or by you, mode 0700): move it away, or give another with --state", err)
 		case errors.As(err, &de):
@@ -177,6 +185,9 @@ func (r *runner) openJob() (int, error) {
 		if err := r.sameJob(old, id); err != nil {
 			old.Close()
 			return ExitUsage, err
+		}
+		if old.Removing {
+			return r.finishRemoval(old)
 		}
 		r.j = old
 		r.j.Attempts++
@@ -255,7 +266,7 @@ func (r *runner) sameJob(old *journal.Journal, id journal.Identity) error {
 		}
 		return nil
 	}
-	started := fmt.Sprintf("`hlcp %s %s %s` (options %s)", old.ID.Command, fsx.Quote(old.ID.Src), fsx.Quote(old.ID.Dst), old.ID.Options)
+	started := fmt.Sprintf("`%s` (options %s)", rerunCommand(old.ID, r.o.State), fsx.Quote(old.ID.Options))
 	switch {
 	case oid.Command == nid.Command && oid.Src == nid.Src && oid.Dst == nid.Dst && oid.SrcIno != nid.SrcIno:
 		return usagef("SRC %s was recreated since the job %s started: its root is inode %d now, not %d, so the job's scan describes a tree that is gone. Pass --restart to copy the SRC that is there now",
@@ -314,4 +325,30 @@ func emptyDir(fd int, except string) (bool, error) {
 			return false, err
 		}
 	}
+}
+
+// finishRemoval ends a job that was killed while its finished state was
+// being removed: the rest of the state goes, DST's root gets its times
+// again, and (move --remove-root) SRC's root goes; then the command has
+// nothing left to do.
+func (r *runner) finishRemoval(j *journal.Journal) (int, error) {
+	r.j = j
+	t := j.RootTimes
+	if err := j.Remove(t); err != nil {
+		return ExitStopped, fmt.Errorf("remove the finished job's state: %w", err)
+	}
+	if err := fsx.Futimens(r.dstFd, t[:]); err != nil {
+		return ExitStopped, fmt.Errorf("set DST's times: %w", err)
+	}
+	if err := r.syncDst(); err != nil {
+		return ExitStopped, err
+	}
+	if r.o.Move && r.o.RemoveRoot {
+		if empty, err := emptyDir(r.srcFd, ""); err == nil && empty {
+			if err := r.removeSrcRoot(); err != nil {
+				return ExitPartial, fmt.Errorf("kept SRC's root: %w", err)
+			}
+		}
+	}
+	return r.alreadyDone("already complete: the job had finished; the removal of its state is done now")
 }

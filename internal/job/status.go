@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -114,14 +115,14 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 		return StatusJob, nil
 	}
 	c := progress.Count
-	fmt.Fprintf(w, "unfinished job: hlcp %s %s %s", j.ID.Command, fsx.Quote(j.ID.Src), fsx.Quote(j.ID.Dst))
+	fmt.Fprintf(w, "unfinished job: %s", rerunCommand(j.ID, stateDir))
 	if j.ID.Options != "" {
-		fmt.Fprintf(w, " (%s)", j.ID.Options)
+		fmt.Fprintf(w, " (%s)", fsx.Quote(j.ID.Options))
 	}
 	fmt.Fprintf(w, "\n  state         %s\n", fsx.Quote(j.Dir))
 	fmt.Fprintf(w, "  started       %s, %d run(s), last checkpoint %s (%s ago)\n",
 		j.Started.Local().Format(time.DateTime), j.Attempts, j.Updated.Local().Format(time.DateTime), progress.Duration(time.Since(j.Updated)))
-	phase := j.Phase
+	phase := fsx.Quote(j.Phase)
 	switch j.Phase {
 	case journal.PhaseScan:
 		phase += " (an interrupted scan starts again)"
@@ -141,7 +142,7 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	}
 	switch j.Phase {
 	case journal.PhaseCopy, journal.PhaseFinish, journal.PhaseRemove:
-		fmt.Fprintf(w, "  progress      %.1f%% of phase %s checkpointed (a rerun goes on from there)", 100*s.Fraction, j.Phase)
+		fmt.Fprintf(w, "  progress      %.1f%% of phase %s checkpointed (a rerun goes on from there)", 100*s.Fraction, fsx.Quote(j.Phase))
 		if j.Phase == journal.PhaseCopy {
 			// Workers run ahead of the checkpoint: these are what the
 			// run had copied in all when it saved it.
@@ -153,9 +154,27 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	if s.ErrorLog != "" {
 		fmt.Fprintf(w, " (in %s)", fsx.Quote(s.ErrorLog))
 	}
-	fmt.Fprintf(w, "\nrerun `hlcp %s %s %s` to finish it, or pass --restart to that command to start over\n",
-		j.ID.Command, fsx.Quote(j.ID.Src), fsx.Quote(j.ID.Dst))
+	fmt.Fprintf(w, "\nrerun `%s` to finish it", rerunCommand(j.ID, stateDir))
+	if j.MovedData() {
+		fmt.Fprintf(w, " (it has removed source paths: DST holds their only copy)\n")
+	} else {
+		fmt.Fprintf(w, ", or pass --restart to that command to start over\n")
+	}
 	return StatusJob, nil
+}
+
+// rerunCommand is the command line that resumes the job: its command,
+// -x if it was given, --state when the state is not in DST, SRC and DST;
+// every word quoted where it needs to be.
+func rerunCommand(id journal.Identity, stateDir string) string {
+	cmd := "hlcp " + fsx.Quote(id.Command)
+	if strings.Contains(id.Options, "one-file-system=true") {
+		cmd += " -x"
+	}
+	if stateDir != "" {
+		cmd += " --state " + fsx.Quote(stateDir)
+	}
+	return cmd + " " + fsx.Quote(id.Src) + " " + fsx.Quote(id.Dst)
 }
 
 // planShare is how far the plan offset off is into the job's plan file

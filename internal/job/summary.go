@@ -92,12 +92,27 @@ func (r *runner) stop(err error) (int, error) {
 		if r.j.MovedData() {
 			advice = movedWarning(fmt.Sprintf("the job state in %s is damaged", fsx.Quote(r.j.Dir)))
 		}
+	case (errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)) && r.stateFull():
+		advice = fmt.Sprintf("the filesystem of the job's state (%s) is full: free space there and rerun the same command to resume", fsx.Quote(r.j.Dir))
 	case errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT):
 		advice = "the destination is full" + r.spaceNeeded() + ": free space (or move the job to a larger destination, see the README) and rerun the same command to resume; the job state is kept in " + fsx.Quote(r.j.Dir)
 	}
 	r.rep.Close()
 	r.printSummary(code)
 	return code, fmt.Errorf("%s\n%s", msg, advice)
+}
+
+// stateFull reports whether what filled up is the state's own filesystem
+// (--state elsewhere than DST) rather than DST's.
+func (r *runner) stateFull() bool {
+	sd := r.j.StateDir()
+	st, err := sd.Stat()
+	var ds unix.Stat_t
+	if err != nil || unix.Fstat(r.dstFd, &ds) != nil || st.Dev == ds.Dev {
+		return false
+	}
+	fs, err := sd.Statfs()
+	return err == nil && int64(fs.Bavail)*int64(fs.Bsize) < 4<<20
 }
 
 // spaceNeeded says how much the rest of the copy needs, from the last

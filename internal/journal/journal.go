@@ -121,6 +121,11 @@ type State struct {
 	// Damaged, when set, says which state file was found damaged by a
 	// run: the job cannot go on from this state.
 	Damaged string `json:"damaged,omitempty"`
+	// Removing: the job is done and its state is being removed (its
+	// files may be gone already); RootTimes are DST root's final atime
+	// and mtime, to set again once it is gone.
+	Removing  bool             `json:"removing,omitempty"`
+	RootTimes [2]unix.Timespec `json:"root_times,omitempty"`
 }
 
 // Journal is an open state directory with its state.
@@ -362,8 +367,16 @@ func read(d *fsx.Dir, p Place) (*Journal, error) {
 	if m.Command != "" && m.Command != j.ID.Command {
 		return nil, damaged(fmt.Errorf("the marker says %s, the state %s", m.Command, j.ID.Command))
 	}
+	if j.Removing {
+		return j, nil // its files may be gone: the job is done
+	}
 	for name, info := range j.Files {
 		if err := j.checkFile(name, info); err != nil {
+			return nil, damaged(err)
+		}
+	}
+	if j.Phase == PhaseSort {
+		if err := j.checkRuns(); err != nil {
 			return nil, damaged(err)
 		}
 	}
@@ -399,6 +412,34 @@ func (j *Journal) checkFile(name string, info blockfile.Info) error {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != info.Size {
 		return fmt.Errorf("%s has %d bytes, not the %d written", name, st.Size, info.Size)
+	}
+	return nil
+}
+
+// checkRuns checks that the scan's runs, which the sort phase reads, have
+// the sizes they were written with.
+func (j *Journal) checkRuns() error {
+	scan, err := j.dir.Sub("scan")
+	if err != nil {
+		return err
+	}
+	defer scan.Close()
+	for sub, runs := range map[string][]Run{"e": j.EntryRuns, "d": j.DirRuns} {
+		d, err := scan.Sub(sub)
+		if err != nil {
+			return err
+		}
+		for _, r := range runs {
+			st, err := d.Lstat(r.Name)
+			if err == nil && (st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != r.Size) {
+				err = fmt.Errorf("%s has %d bytes, not the %d written", d.Join(r.Name), st.Size, r.Size)
+			}
+			if err != nil {
+				d.Close()
+				return err
+			}
+		}
+		d.Close()
 	}
 	return nil
 }

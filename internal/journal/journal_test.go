@@ -98,7 +98,7 @@ func TestCreateSaveOpen(t *testing.T) {
 	if _, err := Open(p, false); !errors.As(err, &de) || de.Foreign || errors.Is(err, ErrNoJob) {
 		t.Errorf("a torn state must be reported damaged, got %v", err)
 	}
-	if err := k.Remove(); err != nil {
+	if err := k.Remove([2]unix.Timespec{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Open(p, false); !errors.Is(err, ErrNoJob) {

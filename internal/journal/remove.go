@@ -78,10 +78,21 @@ func removeTree(d *fsx.Dir, name string) error {
 	return d.RemoveOwn(name, runFile)
 }
 
-// Remove deletes the job's state: the files and directories hlcp made in
-// it, then the directory itself if hlcp made it. Whatever else is there
-// stays, and is named in the error.
-func (j *Journal) Remove() error {
+// Remove deletes the finished job's state: the files and directories hlcp
+// made in it, then the directory itself if hlcp made it. Whatever else is
+// there stays, and is named in the error. It first records, durably, that
+// the state is being removed (with the root's times, which the removal
+// changes): a kill in the middle leaves a state that says so, and a rerun
+// finishes the removal (see Removing) instead of finding a damaged state.
+// state.json goes last but for the marker; what a kill after it leaves,
+// the marker alone, reads as no job.
+func (j *Journal) Remove(rootTimes [2]unix.Timespec) error {
+	if !j.Removing {
+		j.Removing, j.RootTimes = true, rootTimes
+		if err := j.Save(); err != nil {
+			return err
+		}
+	}
 	return removeState(j.dir, j.place, j.madeDir)
 }
 
@@ -118,8 +129,10 @@ func removeState(d *fsx.Dir, p Place, rmdir bool) error {
 	var foreign []string
 	for _, n := range names {
 		switch {
-		case n == markerFile:
-			// Last: without it nothing here may be deleted.
+		case n == markerFile, n == stateFile:
+			// Last, in this order (see Journal.Remove): without the
+			// marker nothing here may be deleted; while the state is
+			// there it says what is going on.
 		case ownDirs[n] != nil:
 			errs = append(errs, removeTree(d, n))
 		case ownFile(n):
@@ -136,8 +149,10 @@ func removeState(d *fsx.Dir, p Place, rmdir bool) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	if err := d.Remove(markerFile); err != nil && !errors.Is(err, unix.ENOENT) {
-		return err
+	for _, n := range []string{stateFile, markerFile} {
+		if err := d.Remove(n); err != nil && !errors.Is(err, unix.ENOENT) {
+			return err
+		}
 	}
 	if !rmdir {
 		return d.Sync()

@@ -739,11 +739,12 @@ func TestRemoveOwnNamesOnly(t *testing.T) {
 			gone: []string{"state"},
 		},
 		{
+			// The state stays beside the marker: it says what is going
+			// on (a removal that cannot finish) to the next run.
 			name:    "a foreign file",
 			plant:   func(t *testing.T, s, o string) { writeFile(t, filepath.Join(s, "precious"), []byte("mine")) },
 			errs:    "precious",
-			survive: []string{"state/precious", "state/" + markerFile},
-			gone:    []string{"state/" + stateFile},
+			survive: []string{"state/precious", "state/" + markerFile, "state/" + stateFile},
 		},
 		{
 			name:    "a foreign file that looks like a run",
@@ -832,7 +833,7 @@ func TestRemoveOwnNamesOnly(t *testing.T) {
 				c.plant(t, p.Path, outside)
 				var err error
 				if how == "Remove" {
-					err = j.Remove()
+					err = j.Remove([2]unix.Timespec{})
 				} else {
 					err = Discard(p)
 				}
@@ -926,13 +927,13 @@ func TestRemoveDir(t *testing.T) {
 				var err error
 				switch how {
 				case "Remove":
-					err = j.Remove()
+					err = j.Remove([2]unix.Timespec{})
 				case "Open+Remove":
 					k, oerr := Open(p, false)
 					if oerr != nil {
 						t.Fatal(oerr)
 					}
-					err = k.Remove()
+					err = k.Remove([2]unix.Timespec{})
 					k.Close()
 				case "Discard":
 					os.Truncate(j.Join(stateFile), 3)
@@ -967,7 +968,7 @@ func TestRemoveSwapped(t *testing.T) {
 	}
 	os.Mkdir(p.Path, 0o700)
 	writeFile(t, filepath.Join(p.Path, "other"), nil)
-	err := j.Remove()
+	err := j.Remove([2]unix.Timespec{})
 	if err == nil || !strings.Contains(err.Error(), "no longer holds it") {
 		t.Errorf("Remove: %v", err)
 	}

@@ -306,6 +306,13 @@ func QuarantineName(dev, ino uint64, name []byte) string {
 }
 
 // one handles one source path; it reports whether it was removed.
+//
+// The path is looked at, its copy record consulted, and then at once set
+// aside under its quarantine name before anything slow (the comparison
+// with DST, content included) is done: from then on no writer that goes
+// by the path reaches the inode being compared, and a new version put at
+// the path is a new file, which stays. Just before the unlink the set-aside
+// inode must still be in the state it was compared in, ctime included.
 func (r *Remover) one(e plan.Entry, g *group) bool {
 	spfd, err := r.srcDirs.Acquire(e.Dir)
 	if err != nil {
@@ -328,26 +335,21 @@ func (r *Remover) one(e plan.Entry, g *group) bool {
 			r.keep(e.Dir, e.Name, fmt.Errorf("lstat: %w", err))
 			return false
 		}
-		// Gone: removed by an earlier run, or set aside by one that was
-		// killed before its unlink. That one is checked again and
-		// removed (or put back) now.
-		if unix.Fstatat(spfd, q, &ss, unix.AT_SYMLINK_NOFOLLOW) != nil || ss.Dev != e.Dev || ss.Ino != e.Ino {
-			r.Stats.Gone.Add(1)
-			return false
-		}
-		return r.removeAside(spfd, e, name, q, &ss, g)
+		return r.leftover(spfd, e, name, q, g)
 	}
 	if ss.Dev != e.Dev || ss.Ino != e.Ino {
 		r.keep(e.Dir, e.Name, fmt.Errorf("replaced since the scan (its copy is of the old file)"))
 		return false
 	}
-	if !r.check(spfd, e, name, &ss, g) {
+	dpfd, ds, ok := r.dstOf(e, name)
+	if !ok {
 		return false
 	}
-	// Set the path aside, then look again: it must still be the inode
-	// that was checked, in the same state. A new version renamed over the
-	// name since the check is what now sits under the quarantine name: it
-	// goes back, and is kept.
+	defer r.dstDirs.Release(e.Dir)
+	need, full, ok := r.decide(e, &ss, &ds, g, true)
+	if !ok {
+		return false
+	}
 	testhook.Pause("remove-rename")
 	if err := renameNoReplace(spfd, name, q); err != nil {
 		r.keep(e.Dir, e.Name, fmt.Errorf("set aside as %s before its removal: %w", q, err))
@@ -355,20 +357,101 @@ func (r *Remover) one(e plan.Entry, g *group) bool {
 	}
 	var qs unix.Stat_t
 	if err := unix.Fstatat(spfd, q, &qs, unix.AT_SYMLINK_NOFOLLOW); err != nil || !sameButCtime(&ss, &qs) {
-		r.putBack(spfd, e, name, q, fmt.Errorf("changed while checked against its copy"))
+		r.putBack(spfd, e, name, q, fmt.Errorf("changed while it was checked against its copy"))
 		return false
 	}
-	return r.unlinkAside(spfd, e, q, g)
+	return r.finish(spfd, dpfd, e, name, q, &qs, &ds, g, need, full)
 }
 
-// removeAside handles a source path that an earlier run set aside under
-// the quarantine name q and did not unlink: it is checked like any other
-// (its ctime moved with the rename, so in full), then removed or renamed
-// back.
-func (r *Remover) removeAside(spfd int, e plan.Entry, name, q string, ss *unix.Stat_t, g *group) bool {
-	if !r.checkAs(spfd, e, q, name, ss, g, false) {
+// leftover handles a source path whose name is gone: removed by an earlier
+// run, or set aside by one that was killed before its unlink. What has its
+// quarantine name is checked again (in full: its ctime moved with the
+// rename) and removed, or put back. What has it but is not its inode (a
+// new version that a killed run set aside in its place) is put back.
+func (r *Remover) leftover(spfd int, e plan.Entry, name, q string, g *group) bool {
+	var qs unix.Stat_t
+	if unix.Fstatat(spfd, q, &qs, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		r.Stats.Gone.Add(1)
+		return false
+	}
+	if qs.Dev != e.Dev || qs.Ino != e.Ino {
+		r.putBack(spfd, e, name, q, fmt.Errorf("another file than the one copied was under its name (put back from %s)", q))
+		return false
+	}
+	dpfd, ds, ok := r.dstOf(e, name)
+	if !ok {
 		r.putBack(spfd, e, name, q, nil)
 		return false
+	}
+	defer r.dstDirs.Release(e.Dir)
+	need, full, ok := r.decide(e, &qs, &ds, g, false)
+	if !ok {
+		r.putBack(spfd, e, name, q, nil)
+		return false
+	}
+	return r.finish(spfd, dpfd, e, name, q, &qs, &ds, g, need, full)
+}
+
+// dstOf looks up the copy of source entry e in DST; it keeps e (and says
+// false) when there is none. The caller releases e.Dir in r.dstDirs.
+func (r *Remover) dstOf(e plan.Entry, name string) (int, unix.Stat_t, bool) {
+	var ds unix.Stat_t
+	dpfd, err := r.dstDirs.Acquire(e.Dir)
+	if err != nil {
+		r.keep(e.Dir, e.Name, fmt.Errorf("open destination directory: %w", err))
+		return -1, ds, false
+	}
+	if err := unix.Fstatat(dpfd, name, &ds, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		r.dstDirs.Release(e.Dir)
+		r.keep(e.Dir, e.Name, fmt.Errorf("not in DST (%w)", err))
+		return -1, ds, false
+	}
+	return dpfd, ds, true
+}
+
+// decide says how the source inode (stat ss) must be compared with its
+// copy ds: need is false when the group's inode pair matched already in
+// this run and nothing changed since; full asks for the content too. The
+// copy record decides whether the copy can be trusted at all (ok false:
+// e is kept) and whether the inode changed since it was copied (then only
+// a full comparison may let it go). trustCopy false (a leftover, whose
+// ctime the rename moved) always compares in full.
+func (r *Remover) decide(e plan.Entry, ss, ds *unix.Stat_t, g *group, trustCopy bool) (need, full, ok bool) {
+	if g.matched && trustCopy && ds.Dev == g.dstDev && ds.Ino == g.dstIno && sameState(ss, &g.expect) {
+		return false, false, true
+	}
+	full, why := r.changedSinceCopy(g.index, ss)
+	if why != nil {
+		r.keep(e.Dir, e.Name, why)
+		return false, false, false
+	}
+	full = full || r.opt.Checksum || !trustCopy
+	if full {
+		r.Stats.FullChecks.Add(1)
+	}
+	return true, full, true
+}
+
+// finish compares the set-aside q (stat qs) with its copy ds when need
+// says so, checks that q is still in that state, and unlinks it; else it
+// puts it back under name and keeps it.
+func (r *Remover) finish(spfd, dpfd int, e plan.Entry, name, q string, qs, ds *unix.Stat_t, g *group, need, full bool) bool {
+	if need {
+		if err := r.match(spfd, dpfd, q, name, qs, ds, full); err != nil {
+			r.putBack(spfd, e, name, q, err)
+			return false
+		}
+	}
+	var last unix.Stat_t
+	if err := unix.Fstatat(spfd, q, &last, unix.AT_SYMLINK_NOFOLLOW); err != nil || !sameState(qs, &last) {
+		r.putBack(spfd, e, name, q, fmt.Errorf("changed while it was checked against its copy"))
+		return false
+	}
+	if need {
+		idx := g.index
+		g.close()
+		g.index = idx
+		r.matched(spfd, q, qs, ds, g)
 	}
 	return r.unlinkAside(spfd, e, q, g)
 }
@@ -413,56 +496,10 @@ func renameNoReplace(dirfd int, old, new string) error {
 	return err
 }
 
-// check decides whether the source path name (stat ss) may go: its copy
-// must match it. It reports false after keeping it.
-func (r *Remover) check(spfd int, e plan.Entry, name string, ss *unix.Stat_t, g *group) bool {
-	return r.checkAs(spfd, e, name, name, ss, g, true)
-}
-
-// checkAs is check of the source path sname (name itself, or its
-// quarantine name), against name in DST. trustCopy: the copy record's
-// ctime may spare the full comparison.
-func (r *Remover) checkAs(spfd int, e plan.Entry, sname, name string, ss *unix.Stat_t, g *group, trustCopy bool) bool {
-	dpfd, err := r.dstDirs.Acquire(e.Dir)
-	if err != nil {
-		r.keep(e.Dir, e.Name, fmt.Errorf("open destination directory: %w", err))
-		return false
-	}
-	defer r.dstDirs.Release(e.Dir)
-	var ds unix.Stat_t
-	if err := unix.Fstatat(dpfd, name, &ds, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		r.keep(e.Dir, e.Name, fmt.Errorf("not in DST (%w)", err))
-		return false
-	}
-	if g.matched && trustCopy && ds.Dev == g.dstDev && ds.Ino == g.dstIno && sameState(ss, &g.expect) {
-		return true // the group's inode pair matched, and nothing changed since
-	}
-	// The copy record says whether the copy can be trusted at all, and
-	// whether the inode changed since (then only a full comparison may
-	// let it go).
-	full, why := r.changedSinceCopy(g.index, ss)
-	if why != nil {
-		r.keep(e.Dir, e.Name, why)
-		return false
-	}
-	full = full || r.opt.Checksum || !trustCopy
-	if full {
-		r.Stats.FullChecks.Add(1)
-	}
-	if err := r.match(spfd, dpfd, sname, name, ss, &ds, full); err != nil {
-		r.keep(e.Dir, e.Name, err)
-		return false
-	}
-	idx := g.index
-	g.close()
-	g.index = idx
-	return r.matched(spfd, sname, ss, &ds, g)
-}
-
 // matched notes that the group's inode pair matched: the state it
 // matched in, and an O_PATH fd of the source inode to follow it through
 // this run's unlinks.
-func (r *Remover) matched(spfd int, sname string, ss, ds *unix.Stat_t, g *group) bool {
+func (r *Remover) matched(spfd int, sname string, ss, ds *unix.Stat_t, g *group) {
 	g.matched, g.dstDev, g.dstIno, g.expect = true, ds.Dev, ds.Ino, *ss
 	fd, err := unix.Openat(spfd, sname, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err == nil {
@@ -473,7 +510,6 @@ func (r *Remover) matched(spfd int, sname string, ss, ds *unix.Stat_t, g *group)
 			unix.Close(fd)
 		}
 	}
-	return true
 }
 
 // changedSinceCopy looks up the copy record of group gi: full says the
@@ -549,31 +585,35 @@ func (r *Remover) match(spfd, dpfd int, sname, name string, ss, ds *unix.Stat_t,
 	return nil
 }
 
-// matchXattrs checks that DST has every xattr (and ACL) of the source,
-// with the same value. DST may have more (a security label its
-// filesystem gives every file): none of the source's is lost then.
+// matchXattrs checks that DST has the source's xattrs and ACLs, with the
+// same values, and no others: an ACL entry or a file capability taken
+// from the source after its copy must not live on in DST. The one
+// exception is a security label that DST's own policy gives every new
+// file (security.selinux), when the source has none.
 func (r *Remover) matchXattrs(spfd, dpfd int, sname, name string) error {
 	sx, err := r.x.ReadPath(fsx.ProcPath(spfd, sname))
 	if err != nil {
 		return fmt.Errorf("read xattrs: %w", err)
 	}
-	if len(sx) == 0 {
-		return nil
-	}
 	dx, err := r.x.ReadPath(fsx.ProcPath(dpfd, name))
 	if err != nil {
 		return fmt.Errorf("read xattrs in DST: %w", err)
 	}
-	j := 0
-	for _, a := range sx {
-		for j < len(dx) && dx[j].Name < a.Name {
+	i, j := 0, 0
+	for i < len(sx) || j < len(dx) {
+		switch {
+		case j == len(dx) || i < len(sx) && sx[i].Name < dx[j].Name:
+			return fmt.Errorf("DST differs: it lacks the xattr %s", fsx.Quote(sx[i].Name))
+		case i == len(sx) || dx[j].Name < sx[i].Name:
+			if dx[j].Name != "security.selinux" {
+				return fmt.Errorf("DST differs: it has the xattr %s, which SRC has not", fsx.Quote(dx[j].Name))
+			}
 			j++
-		}
-		if j == len(dx) || dx[j].Name != a.Name {
-			return fmt.Errorf("DST differs: it lacks the xattr %s", fsx.Quote(a.Name))
-		}
-		if !bytes.Equal(dx[j].Value, a.Value) {
-			return fmt.Errorf("DST differs: xattr %s", fsx.Quote(a.Name))
+		default:
+			if !bytes.Equal(dx[j].Value, sx[i].Value) {
+				return fmt.Errorf("DST differs: xattr %s", fsx.Quote(sx[i].Name))
+			}
+			i, j = i+1, j+1
 		}
 	}
 	return nil
@@ -688,10 +728,6 @@ func (r *Remover) dir(d *plan.Dir) {
 	if d.Flags&(plan.DirGone) != 0 {
 		return
 	}
-	if d.Flags&(plan.DirMountSkipped|plan.DirUnreadable) != 0 {
-		keep(fmt.Errorf("not copied (mount point or unreadable)"))
-		return
-	}
 	pfd, err := r.srcDirs.Acquire(d.Parent)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -718,17 +754,35 @@ func (r *Remover) dir(d *plan.Dir) {
 		keep(fmt.Errorf("no longer a directory"))
 		return
 	}
-	// Its copy must exist: an empty directory is content too.
+	if d.Flags&plan.DirUnreadable != 0 {
+		keep(fmt.Errorf("not copied (it could not be read)"))
+		return
+	}
+	var ps unix.Stat_t
+	if d.Flags&plan.DirMountSkipped != 0 && (unix.Fstat(pfd, &ps) != nil || ps.Dev != ss.Dev) {
+		keep(fmt.Errorf("a mount point: not copied (-x)"))
+		return
+	}
+	dev := d.Dev
+	if m, ok := r.opt.SrcDevMap[dev]; ok {
+		dev = m
+	}
+	if d.Flags&plan.DirMountSkipped == 0 && (ss.Dev != dev || ss.Ino != d.Ino) {
+		keep(fmt.Errorf("replaced since the scan"))
+		return
+	}
+	// Its copy must exist, with the metadata the source has now: an empty
+	// directory is content too, and a chmod or chown of it since the scan
+	// would be lost.
 	dpfd, err := r.dstDirs.Acquire(d.Parent)
 	if err != nil {
 		keep(fmt.Errorf("open destination parent: %w", err))
 		return
 	}
-	var ds unix.Stat_t
-	err = unix.Fstatat(dpfd, name, &ds, unix.AT_SYMLINK_NOFOLLOW)
+	err = r.matchDir(pfd, dpfd, name, &ss)
 	r.dstDirs.Release(d.Parent)
-	if err != nil || ds.Mode&unix.S_IFMT != unix.S_IFDIR {
-		keep(fmt.Errorf("no directory in DST (%v)", err))
+	if err != nil {
+		keep(err)
 		return
 	}
 	err = unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR)
@@ -744,6 +798,24 @@ func (r *Remover) dir(d *plan.Dir) {
 	default:
 		keep(fmt.Errorf("rmdir: %w", err))
 	}
+}
+
+// matchDir checks that DST has a directory name (in dpfd) with the mode,
+// owner (where DST keeps them) and xattrs of the source directory name
+// (stat ss, in spfd). Times are not compared: removing the source's
+// entries changed its mtime.
+func (r *Remover) matchDir(spfd, dpfd int, name string, ss *unix.Stat_t) error {
+	var ds unix.Stat_t
+	if err := unix.Fstatat(dpfd, name, &ds, unix.AT_SYMLINK_NOFOLLOW); err != nil || ds.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("no directory in DST (%v)", err)
+	}
+	if r.keepsModes && ss.Mode&07777 != ds.Mode&07777 {
+		return fmt.Errorf("DST differs: mode %04o, not %04o", ds.Mode&07777, ss.Mode&07777)
+	}
+	if r.keepsOwners && (ss.Uid != ds.Uid || ss.Gid != ds.Gid) {
+		return fmt.Errorf("DST differs: owner %d:%d, not %d:%d", ds.Uid, ds.Gid, ss.Uid, ss.Gid)
+	}
+	return r.matchXattrs(spfd, dpfd, name, name)
 }
 
 // Leftovers lists up to max names still in SRC's top directory (after

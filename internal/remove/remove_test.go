@@ -141,7 +141,7 @@ func TestMatchMeta(t *testing.T) {
 		{name: "xattrs equal", src: with(func(m *meta) { m.xattrs["user.a"], m.xattrs["user.b"] = "1", "2" }),
 			dst: with(func(m *meta) { m.xattrs["user.a"], m.xattrs["user.b"] = "1", "2" })},
 		{name: "more xattrs in DST", src: with(func(m *meta) { m.xattrs["user.b"] = "2" }),
-			dst: with(func(m *meta) { m.xattrs["user.a"], m.xattrs["user.b"], m.xattrs["user.z"] = "1", "2", "3" })},
+			dst: with(func(m *meta) { m.xattrs["user.a"], m.xattrs["user.b"], m.xattrs["user.z"] = "1", "2", "3" }), want: "it has the xattr user.a"},
 		{name: "content differs, full", src: base, dst: with(func(m *meta) { m.content = "HELLO" }), full: true, want: "content"},
 		{name: "content differs, not full", src: base, dst: with(func(m *meta) { m.content = "HELLO" })},
 	}

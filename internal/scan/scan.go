@@ -56,6 +56,15 @@ type Options struct {
 	// destination and the job's state, should SRC reach them through a
 	// bind mount. Such a directory is reported and left out.
 	Exclude [][2]uint64
+	// ExcludeTop lists names not to be scanned in the root directory, of
+	// any type: the name of the job's state directory when it lives in
+	// DST's root, where a copy of an entry of that name would land in the
+	// job's own state. Such an entry is reported and left out.
+	ExcludeTop []string
+	// RootFd, when not 0, is root already open (the scan reopens it
+	// through this fd, never by its path, which may name another
+	// directory by now); root then only names it in messages.
+	RootFd int
 }
 
 // Stats of a finished scan.
@@ -125,7 +134,13 @@ func Scan(root string, opt Options) (Stats, error) {
 	}
 	s := &scanner{opt: opt, trust: make(map[uint64]bool)}
 	s.cond = sync.NewCond(&s.mu)
-	fd, err := fsx.OpenNoAtime(unix.AT_FDCWD, root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	dirfd, name := unix.AT_FDCWD, root
+	if opt.RootFd > 0 {
+		// The root the caller opened and checked, not whatever its path
+		// names now.
+		dirfd, name = opt.RootFd, "."
+	}
+	fd, err := fsx.OpenNoAtime(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	if err != nil {
 		return Stats{}, fmt.Errorf("open %s: %w", root, err)
 	}
@@ -399,6 +414,10 @@ func (w *worker) process(it item) int {
 		}
 		for _, e := range w.ents {
 			name := chunk[e.start:e.end]
+			if d.ID == 0 && s.excludedTop(name) {
+				w.report(h.rel, name, errExcludedTop)
+				continue
+			}
 			typ, ino, dev := e.typ, e.ino, st.Dev
 			var est *unix.Stat_t
 			if typ == fsx.TypeUnknown || (lstatAll && typ != fsx.TypeDir) {
@@ -458,6 +477,19 @@ func (w *worker) emitDir(d *plan.Dir) bool {
 		}
 	}
 	return true
+}
+
+// errExcludedTop is the report of an entry of the root named in
+// ExcludeTop.
+var errExcludedTop = errors.New("has the name of hlcp's state directory in DST: not copied (pass --state DIR to keep the state elsewhere and copy it)")
+
+func (s *scanner) excludedTop(name []byte) bool {
+	for _, n := range s.opt.ExcludeTop {
+		if string(name) == n {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *scanner) excluded(st *unix.Stat_t) bool {

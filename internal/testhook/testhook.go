@@ -23,6 +23,7 @@ package testhook
 
 import (
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -96,7 +97,13 @@ func Pause(point string) {
 		return
 	}
 	if pauseSeen.Add(1) == nth {
+		// The process stops as a whole, but the thread that sent the
+		// signal could run on for a moment: it waits for the SIGCONT.
+		cont := make(chan os.Signal, 1)
+		signal.Notify(cont, unix.SIGCONT)
+		defer signal.Stop(cont)
 		unix.Kill(os.Getpid(), unix.SIGSTOP)
+		<-cont
 	}
 }
 
