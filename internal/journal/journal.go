@@ -610,7 +610,7 @@ func (j *Journal) writeFile(name string, b []byte) error {
 // MarkMoved records durably that the move is about to remove source
 // paths (see MovedFile).
 func (j *Journal) MarkMoved() error {
-	if _, err := j.dir.Lstat(MovedFile); err == nil {
+	if st, err := j.dir.Lstat(MovedFile); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
 		return nil
 	}
 	return j.writeFile(MovedFile, []byte("this move has removed source paths: DST holds their only copy\n"))
