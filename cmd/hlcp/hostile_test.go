@@ -111,7 +111,8 @@ func TestEmlinkXfsToExt4(t *testing.T) {
 	}
 }
 
-// TestCopyToFat: vfat and exfat have no hard links, owners or modes: every
+// TestCopyToFat: vfat and exfat have no hard links, owners or modes (and
+// a mount that everyone may write cannot hold the job's state): every
 // path gets its own copy, the job succeeds, and each missing kind of
 // metadata is reported once, not per file. (A kernel without vfat skips
 // that case; exfat also runs through exfat-fuse.)
@@ -138,14 +139,17 @@ func copyToFat(t *testing.T, fstype string) {
 		want[p] = data
 		want[fmt.Sprintf("snap1/x/file%02d.txt", i)] = data
 	}
-	args := []string{"copy", "--progress=plain", src, dst}
-	if fsName(t, dstFS) != "vfat" && fstype == "vfat" {
-		// fusefat's experimental write mode (rw+) garbles the state's
-		// sorted run files read back by the sort; the kernel's vfat does
-		// not. The state goes elsewhere; the copy itself still goes to
-		// vfat through fusefat.
-		args = append([]string{"copy", "--progress=plain", "--state", filepath.Join(base, "state")}, src, dst)
+	// Its files are writable by everyone (the mount's modes): the job's
+	// state may not be kept there, and the refusal says where to put it.
+	var st unix.Stat_t
+	must(t, unix.Stat(dstFS, &st))
+	if st.Mode&0o022 != 0 {
+		r := run(t, nil, "copy", "--progress=plain", src, dst)
+		if r.code != 2 || !strings.Contains(r.stderr, "--state DIR") {
+			t.Errorf("copy to %s with the state in DST: exit %d, want 2 with a pointer to --state\n%s", fstype, r.code, r.stderr)
+		}
 	}
+	args := []string{"copy", "--progress=plain", "--state", filepath.Join(base, "state"), src, dst}
 	r := run(t, nil, args...)
 	if r.code != 0 {
 		t.Fatalf("copy to %s: exit %d\n%s\n%s", fstype, r.code, r.stdout, r.stderr)
@@ -557,7 +561,7 @@ func TestMoveToExfat(t *testing.T) {
 		must(t, unix.UtimesNano(p, []unix.Timespec{ts, ts}))
 	}
 	must(t, os.Link(filepath.Join(src, "a", "f0"), filepath.Join(src, "f0-link")))
-	r := run(t, nil, "move", "--progress=plain", src, dst)
+	r := run(t, nil, "move", "--progress=plain", "--state", filepath.Join(base, "state"), src, dst)
 	if r.code != 0 {
 		t.Fatalf("move to exfat: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}

@@ -202,7 +202,10 @@ func (r *runner) openJob() (int, error) {
 	unix.Fremovexattr(r.dstFd, "system.posix_acl_default")
 	unix.Fremovexattr(r.dstFd, "system.posix_acl_access")
 	if r.j, err = journal.Create(r.place, id); err != nil {
-		return ExitUsage, usagef("%v", err)
+		if !exists {
+			unix.Rmdir(o.Dst) // made just now, and empty: a refusal changes nothing
+		}
+		return ExitUsage, usagef("%w", err)
 	}
 	return -1, nil
 }

@@ -263,12 +263,23 @@ func unsafeDir(d *fsx.Dir) string {
 		return fmt.Sprintf("it is owned by uid %d, not by root or by this job's user (uid %d)", st.Uid, euid)
 	}
 	if st.Mode&0o022 != 0 {
-		return fmt.Sprintf("others can write to it (mode %04o)", st.Mode&07777)
+		why := fmt.Sprintf("others can write to it (mode %04o)", st.Mode&07777)
+		if fs, err := d.Statfs(); err == nil && noPermissions(int64(fs.Type)) {
+			why += "; its filesystem (FAT, exFAT or FUSE) keeps no permissions of its own, so the state cannot be kept from other users there: give it a directory on another filesystem with --state DIR"
+		}
+		return why
 	}
 	if aclGrantsWrite(d.Fd()) {
 		return "its ACL lets others write to it"
 	}
 	return ""
+}
+
+// noPermissions reports filesystems whose modes are mount options, not
+// per file: FAT, exFAT, and FUSE (exfat-fuse, fusefat, ntfs-3g...).
+func noPermissions(fsType int64) bool {
+	const msdos, exfat, fuse = 0x4d44, 0x2011BAB0, 0x65735546
+	return fsType == msdos || fsType == exfat || fsType == fuse
 }
 
 // aclGrantsWrite reports whether the access ACL of fd gives write
@@ -487,6 +498,9 @@ func Create(p Place, id Identity) (*Journal, error) {
 	}
 	d, err := openDir(p, false)
 	if err != nil {
+		if made {
+			unix.Unlinkat(p.Parent, p.Name, unix.AT_REMOVEDIR) // ours, and empty
+		}
 		return nil, err
 	}
 	if !made {
