@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"hlcp/internal/budget"
 	"hlcp/internal/job"
 	"hlcp/internal/progress"
 	"hlcp/internal/testhook"
@@ -137,7 +138,7 @@ type commonFlags struct {
 func (c *commonFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.IntVarP(&c.jobs, "jobs", "j", 0, fmt.Sprintf("parallel workers (default %d on this machine)", job.DefaultJobs()))
-	f.StringVar(&c.memory, "memory", "128M", "memory budget for the whole process (sort buffers scale with it)")
+	f.StringVar(&c.memory, "memory", fmt.Sprintf("%dM", budget.Default>>20), "memory budget for the whole process (sort buffers scale with it)")
 	f.StringVar(&c.progress, "progress", "auto", "progress display: auto (live line on a terminal, plain lines otherwise), tty, plain, json, none")
 	f.BoolVarP(&c.quiet, "quiet", "q", false, "no progress and no summary; errors are still printed")
 	f.DurationVar(&c.interval, "interval", 5*time.Second, "period of plain/json progress lines")
@@ -148,8 +149,8 @@ func (c *commonFlags) apply(o *job.Options) error {
 	if err != nil {
 		return err
 	}
-	if mem < 32<<20 {
-		return fmt.Errorf("--memory %s is too small (at least 32M)", c.memory)
+	if mem < budget.Min {
+		return fmt.Errorf("--memory %s is too small (at least %dM)", c.memory, budget.Min>>20)
 	}
 	mode, err := progress.ParseMode(c.progress)
 	if err != nil {

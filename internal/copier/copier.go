@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hlcp/internal/budget"
 	"hlcp/internal/fsx"
 	"hlcp/internal/plan"
 )
@@ -104,7 +105,7 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error
 	}
 	srcCache, dstCache := opt.DirCacheSize, opt.DirCacheSize
 	if opt.DirCacheSize == 0 {
-		srcCache = fsx.DirCacheSize(2, 0)
+		srcCache = budget.DirCacheSize(2, 0)
 		dstCache = srcCache
 	}
 	if opt.OnError == nil {

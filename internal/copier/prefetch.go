@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hlcp/internal/budget"
 	"hlcp/internal/fsx"
 	"hlcp/internal/plan"
 )
@@ -41,7 +42,7 @@ type prefetcher struct {
 // tasks to p.in and close it after the last one. With prefetching off,
 // p.in is out itself.
 func (c *Copier) newPrefetcher(out chan *task) *prefetcher {
-	p := &prefetcher{c: c, out: out, max: prefetchFdBound()}
+	p := &prefetcher{c: c, out: out, max: budget.PrefetchFds()}
 	if c.opt.NoPrefetch || p.max == 0 {
 		p.in = out
 		return p
@@ -52,17 +53,6 @@ func (c *Copier) newPrefetcher(out chan *task) *prefetcher {
 		go p.fetch()
 	}
 	return p
-}
-
-// prefetchFdBound is how many prefetched fds may be open at once: what the
-// open-file limit leaves beside the two directory caches (which take at
-// most half of it, see fsx.DirCacheSize) and some room, at most 4096.
-func prefetchFdBound() int64 {
-	var r unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &r) != nil {
-		return 0
-	}
-	return min(max((int64(r.Cur)-512)/2-256, 0), 4096)
 }
 
 // wait returns once every task sent to p.in is on its way to the workers.

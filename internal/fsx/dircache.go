@@ -189,35 +189,6 @@ func (c *DirCache) Close() {
 	c.head.prev, c.head.next = &c.head, &c.head
 }
 
-// DirCacheSize is a capacity for one of n directory caches of a process:
-// a share of the open-file limit (which Go raises to the hard limit, and
-// RaiseFileLimit beyond it for root), kept between 256 and 262144 fds, and
-// no more entries than memBytes holds for all n caches (DirCacheEntryBytes
-// each; memBytes <= 0: no memory bound). Without the memory bound a tree
-// with many directories on a system with a high file limit would hold a
-// cache entry, and an open file, per directory.
-func DirCacheSize(n int, memBytes int64) int {
-	c := int64(1024)
-	var r unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err == nil {
-		c = (int64(r.Cur) - 512) / int64(2*n)
-	}
-	if memBytes > 0 {
-		c = min(c, DirCacheMemEntries(n, memBytes))
-	}
-	return int(min(max(c, 256), 1<<18))
-}
-
-// DirCacheMemEntries is how many entries each of n caches may hold within
-// memBytes for them all.
-func DirCacheMemEntries(n int, memBytes int64) int64 {
-	return memBytes / int64(n) / DirCacheEntryBytes
-}
-
-// DirCacheEntryBytes is the heap a DirCache entry takes (the entry and its
-// share of the map), rounded up; TestDirCacheEntryBytes measures it.
-const DirCacheEntryBytes = 128
-
 // RaiseFileLimit raises the open-file limit to want fds when the hard
 // limit allows it or the process may raise the hard limit (root, up to
 // fs.nr_open). A directory cache that holds every directory of the tree

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hlcp/internal/budget"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -358,24 +359,24 @@ func TestRaiseFileLimit(t *testing.T) {
 	if got != after.Cur || after.Cur < before.Cur || after.Cur < min(want, before.Max) {
 		t.Errorf("got %d, limit now %d/%d (was %d/%d)", got, after.Cur, after.Max, before.Cur, before.Max)
 	}
-	if n := DirCacheSize(2, 0); n < 256 || int64(n) > (int64(after.Cur)-512)/4+256 {
-		t.Errorf("DirCacheSize(2, 0) = %d with a limit of %d", n, after.Cur)
+	if n := budget.DirCacheSize(2, 0); n < 256 || int64(n) > (int64(after.Cur)-512)/4+256 {
+		t.Errorf("budget.DirCacheSize(2, 0) = %d with a limit of %d", n, after.Cur)
 	}
 	for _, tc := range []struct {
 		mem  int64
 		want int
 	}{
-		{1 << 20, 1 << 20 / 2 / DirCacheEntryBytes},
+		{1 << 20, 1 << 20 / 2 / budget.DirCacheEntryBytes},
 		{1, 256}, // at least 256
 	} {
-		if n := DirCacheSize(2, tc.mem); n != min(tc.want, DirCacheSize(2, 0)) {
-			t.Errorf("DirCacheSize(2, %d) = %d, want %d", tc.mem, n, tc.want)
+		if n := budget.DirCacheSize(2, tc.mem); n != min(tc.want, budget.DirCacheSize(2, 0)) {
+			t.Errorf("budget.DirCacheSize(2, %d) = %d, want %d", tc.mem, n, tc.want)
 		}
 	}
 }
 
 // TestDirCacheEntryBytes measures a full cache's heap per entry against
-// DirCacheEntryBytes, which sizes the caches within the memory budget.
+// budget.DirCacheEntryBytes, which sizes the caches within the memory budget.
 func TestDirCacheEntryBytes(t *testing.T) {
 	dir := t.TempDir()
 	const n = 2000
@@ -405,8 +406,8 @@ func TestDirCacheEntryBytes(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	per := int64(after.HeapAlloc-before.HeapAlloc) / n
 	t.Logf("%d bytes of heap per cache entry", per)
-	if per > DirCacheEntryBytes {
-		t.Errorf("%d bytes per entry, more than DirCacheEntryBytes (%d)", per, DirCacheEntryBytes)
+	if per > budget.DirCacheEntryBytes {
+		t.Errorf("%d bytes per entry, more than budget.DirCacheEntryBytes (%d)", per, budget.DirCacheEntryBytes)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hlcp/internal/budget"
 	"hlcp/internal/copier"
 	"hlcp/internal/journal"
 	"hlcp/internal/plan"
@@ -38,19 +39,6 @@ const (
 
 // StateName is the default state directory inside DST.
 const StateName = ".hlcp-state"
-
-// DefaultMemory is the default budget for the whole process.
-const DefaultMemory = 128 << 20
-
-// sortShare: the scan's sort of the entries, and the plan's merge of them,
-// each get a 64th of the budget (2 MiB by default); the directories' sort
-// and the links' sort (beside the merge) get less. The scan and the sort
-// then stay below the copy phase's own working set (workers, directory
-// caches, prefetched files, the runtime), so the process's peak does not
-// grow with the tree. Bigger buffers would only mean fewer, longer runs:
-// the merge takes up to 64 runs a pass, and a 10M-path tree's sort phase
-// took 4 s of its 3 minutes with twice these buffers.
-const sortShare = 64
 
 // Options of copy (and move).
 type Options struct {
@@ -93,9 +81,7 @@ func (o *Options) defaults() {
 	if o.Jobs <= 0 {
 		o.Jobs = DefaultJobs()
 	}
-	if o.Memory <= 0 {
-		o.Memory = DefaultMemory
-	}
+	o.Memory = int64(budget.Budget(o.Memory).Or())
 	if o.Retries < 0 {
 		o.Retries = 0
 	}

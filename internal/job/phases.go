@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/blockfile"
+	"hlcp/internal/budget"
 	"hlcp/internal/copier"
 	"hlcp/internal/extsort"
 	"hlcp/internal/fsx"
@@ -57,17 +58,15 @@ func (r *runner) phases() error {
 	// directory caches' lookups then cost no syscall. A larger table is
 	// read from disk (two preads a lookup), so memory does not grow with
 	// the tree.
-	if _, err := dirs.LoadNames(r.o.Memory / 128); err != nil {
+	if _, err := dirs.LoadNames(r.budget().DirNames()); err != nil {
 		return fmt.Errorf("load directory table: %w", err)
 	}
 	// Room for a directory cache per side that holds every directory
 	// (see fsx.RaiseFileLimit), where the limits and the budget allow:
 	// each cache's entries take at most a 128th of the budget (1 MiB,
 	// 8,192 directories, by default).
-	cacheMem := r.o.Memory / 64
-	perCache := min(uint64(dirs.Len()), uint64(fsx.DirCacheMemEntries(2, cacheMem)))
-	fsx.RaiseFileLimit(min(4*perCache+1024, 1<<20)) // DirCacheSize gives each of 2 caches a quarter
-	r.dirCacheSize = fsx.DirCacheSize(2, cacheMem)
+	fsx.RaiseFileLimit(r.budget().FileLimitFor(dirs.Len()))
+	r.dirCacheSize = budget.DirCacheSize(2, r.budget().DirCaches())
 	if r.sum.Resumed {
 		if err := r.remapDevices(); err != nil {
 			return err
@@ -155,8 +154,8 @@ func (r *runner) scanPhase() error {
 		return err
 	}
 	defer ddir.Close()
-	ents := extsort.New(edir, int(r.o.Memory/sortShare), true)
-	dirs := extsort.New(ddir, int(r.o.Memory/(4*sortShare)), true)
+	ents := extsort.New(edir, r.budget().ScanEntries(), true)
+	dirs := extsort.New(ddir, r.budget().ScanDirs(), true)
 	// Neither DST nor the state directory is copied into itself, whatever
 	// path (a bind mount) reaches it from SRC.
 	var exclude [][2]uint64
@@ -250,7 +249,7 @@ func (r *runner) sortPhase() error {
 	defer tmp.Close()
 	ctr := r.rep.Phase("sort", "records", "")
 	ctr.Total.Store(r.sum.Scan.Entries)
-	mem := int(r.o.Memory / sortShare)
+	mem := r.budget().PlanMerge()
 	dt, dfiles, err := plan.BuildDirTable(sortRuns(ddir, j.DirRuns), tmp, sd, mem)
 	if err != nil {
 		return fmt.Errorf("sort directories: %w", err)
@@ -591,3 +590,6 @@ func (r *runner) removeSrcRoot() error {
 	}
 	return unix.Unlinkat(pfd, filepath.Base(abs), unix.AT_REMOVEDIR)
 }
+
+// budget is the job's memory budget, in named shares.
+func (r *runner) budget() budget.Budget { return budget.Budget(r.o.Memory) }

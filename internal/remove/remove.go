@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/blockfile"
+	"hlcp/internal/budget"
 	"hlcp/internal/fsx"
 	"hlcp/internal/plan"
 	"hlcp/internal/progress"
@@ -94,7 +95,7 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) *Remover {
 		opt.OnError = func(string, error) {}
 	}
 	if opt.DirCacheSize == 0 {
-		opt.DirCacheSize = fsx.DirCacheSize(2, 0)
+		opt.DirCacheSize = budget.DirCacheSize(2, 0)
 	}
 	r := &Remover{opt: opt, srcRoot: srcRoot, dstRoot: dstRoot, dirs: dirs}
 	r.srcDirs = fsx.NewDirCache(srcRoot, dirs.Resolve, unix.O_PATH, opt.DirCacheSize)

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hlcp/internal/budget"
 	"hlcp/internal/extsort"
 	"hlcp/internal/fsx"
 	"hlcp/internal/plan"
@@ -186,9 +187,7 @@ func Run(o Options, emit func(Diff) error) (Result, error) {
 	if o.Jobs < 1 {
 		o.Jobs = 4
 	}
-	if o.Memory <= 0 {
-		o.Memory = 128 << 20
-	}
+	o.Memory = int64(budget.Budget(o.Memory).Or())
 	if o.Progress == nil {
 		o.Progress = progress.New(io.Discard, progress.Quiet, 0)
 	}
@@ -221,7 +220,7 @@ func Run(o Options, emit func(Diff) error) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	r.diffs = extsort.New(diffs, int(o.Memory/16), false)
+	r.diffs = extsort.New(diffs, r.mem().VerifyDiffs(), false)
 	r.src = &side{name: "src", root: o.Src}
 	r.dst = &side{name: "dst", root: o.Dst}
 	defer r.close()
@@ -249,6 +248,8 @@ func (r *run) mkdir(parent *fsx.Dir, name string) (*fsx.Dir, error) {
 	r.dirs = append(r.dirs, d)
 	return d, nil
 }
+
+func (r *run) mem() budget.Budget { return budget.Budget(r.o.Memory) }
 
 func (r *run) close() {
 	for _, s := range []*side{r.src, r.dst} {
@@ -297,8 +298,8 @@ func (r *run) scan() error {
 		if err != nil {
 			return err
 		}
-		s.paths = extsort.New(p, int(r.o.Memory/5), false)
-		s.dirs = extsort.New(d, int(r.o.Memory/32), false)
+		s.paths = extsort.New(p, r.mem().VerifyPaths(), false)
+		s.dirs = extsort.New(d, r.mem().VerifyDirs(), false)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -330,12 +331,12 @@ func (r *run) scan() error {
 	r.res.SrcPaths = r.src.st.Dirs + r.src.st.Entries
 	r.res.DstPaths = r.dst.st.Dirs + r.dst.st.Entries
 	for _, s := range []*side{r.src, r.dst} {
-		dt, _, err := plan.BuildDirTable(s.dru, s.tmp, s.tmp, int(r.o.Memory/8))
+		dt, _, err := plan.BuildDirTable(s.dru, s.tmp, s.tmp, r.mem().VerifyDirTable())
 		if err != nil {
 			return fmt.Errorf("%s directories: %w", s.name, err)
 		}
 		s.dt = dt
-		if _, err := dt.LoadNames(r.o.Memory / 128); err != nil {
+		if _, err := dt.LoadNames(r.mem().DirNames()); err != nil {
 			return err
 		}
 		fd, err := unix.Open(s.root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -343,7 +344,7 @@ func (r *run) scan() error {
 			return err
 		}
 		s.fd = fd
-		s.cache = fsx.NewDirCache(fd, dt.Resolve, unix.O_PATH, fsx.DirCacheSize(2, r.o.Memory/64))
+		s.cache = fsx.NewDirCache(fd, dt.Resolve, unix.O_PATH, budget.DirCacheSize(2, r.mem().DirCaches()))
 	}
 	return nil
 }
@@ -380,7 +381,7 @@ func (r *run) workers(tasks <-chan task, wg *sync.WaitGroup, ctr *progress.Count
 func (r *run) join() error {
 	ctr := r.o.Progress.Phase("compare", "paths", "")
 	ctr.Total.Store(r.res.SrcPaths)
-	mem := int(r.o.Memory / 16)
+	mem := r.mem().VerifyJoin()
 	var err error
 	if r.src.pairTmp, err = r.mkdir(r.tmp, "pa"); err != nil {
 		return err
@@ -390,8 +391,8 @@ func (r *run) join() error {
 	}
 	sr, sdone := extsort.MergeStream(r.src.pathRuns, r.src.tmp, mem, nil)
 	dr, ddone := extsort.MergeStream(r.dst.pathRuns, r.dst.tmp, mem, nil)
-	pa := extsort.New(r.src.pairTmp, int(r.o.Memory/5), false)
-	pb := extsort.New(r.dst.pairTmp, int(r.o.Memory/5), false)
+	pa := extsort.New(r.src.pairTmp, r.mem().VerifyPaths(), false)
+	pb := extsort.New(r.dst.pairTmp, r.mem().VerifyPaths(), false)
 
 	tasks := make(chan task, 4*r.o.Jobs)
 	var wg sync.WaitGroup
@@ -500,7 +501,7 @@ func pairKey(rec []byte) []byte { return rec[32 : len(rec)-pairTail] }
 func (r *run) pairs() error {
 	ctr := r.o.Progress.Phase("inodes", "paths", "")
 	ctr.Total.Store(r.npairs)
-	rd, done := extsort.MergeStream(r.src.pathRuns, r.src.pairTmp, int(r.o.Memory/4), nil)
+	rd, done := extsort.MergeStream(r.src.pathRuns, r.src.pairTmp, r.mem().VerifyMerge(), nil)
 	tasks := make(chan task, 4*r.o.Jobs)
 	var wg sync.WaitGroup
 	r.workers(tasks, &wg, ctr)
@@ -575,7 +576,7 @@ func (r *run) sampled(dev, ino uint64) bool {
 // reverse walks the pairs sorted by destination inode: a destination inode
 // reached from two source inodes joined what the source kept apart.
 func (r *run) reverse() error {
-	rd, done := extsort.MergeStream(r.dst.pathRuns, r.dst.pairTmp, int(r.o.Memory/4), nil)
+	rd, done := extsort.MergeStream(r.dst.pathRuns, r.dst.pairTmp, r.mem().VerifyMerge(), nil)
 	var first []byte
 	err := eachRecord(rd, 33, "reverse pair", func(rec []byte) error {
 		if first == nil || !bytes.Equal(first[:16], rec[:16]) {
@@ -606,7 +607,7 @@ func (r *run) report(emit func(Diff) error) (Result, error) {
 	if n == 0 {
 		return r.res, nil
 	}
-	rd, done := extsort.MergeStream(runs, nil, int(r.o.Memory/4), nil)
+	rd, done := extsort.MergeStream(runs, nil, r.mem().VerifyMerge(), nil)
 	for {
 		rec, err := rd.Next()
 		if err == io.EOF {
