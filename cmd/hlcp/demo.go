@@ -61,14 +61,14 @@ hlcp copy showing the live progress, checks the copy and prints what it did.`,
 			}
 			fmt.Printf("\n$ hlcp copy %s %s\n", src, dst)
 			o.Src, o.Dst = src, dst
-			code, err := job.Copy(o)
+			code, err := job.Copy(cmd.Context(), o)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "hlcp: %v\n", err)
 			}
 			if code != 0 {
 				return &exitError{code, fmt.Errorf("demo copy failed")}
 			}
-			if err := verifyCopy(o); err != nil {
+			if err := verifyCopy(cmd.Context(), o); err != nil {
 				return err
 			}
 			fmt.Printf("\nthe copy is exact: same paths, same hard-link structure, same metadata and content\n")

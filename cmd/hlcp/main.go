@@ -4,23 +4,26 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"hlcp/internal/budget"
+	"hlcp/internal/differ"
 	"hlcp/internal/job"
 	"hlcp/internal/progress"
 	"hlcp/internal/testhook"
-	"hlcp/internal/verify"
 )
 
 // version is the module version and the VCS revision the binary was built
@@ -95,15 +98,15 @@ func parseSize(s string) (int64, error) {
 
 // verifyCopy checks a completed copy with verify --checksum, in the same
 // budget and with the same progress display.
-func verifyCopy(o job.Options) error {
+func verifyCopy(ctx context.Context, o job.Options) error {
 	if !o.Quiet && o.Progress != progress.JSON {
 		fmt.Printf("\n$ hlcp verify --checksum %s %s\n", o.Src, o.Dst)
 	}
 	vo := job.VerifyOptions{Options: o, JSON: o.Progress == progress.JSON}
 	vo.Verify.Checksum = true
-	vo.Verify.What = verify.All
+	vo.Verify.What = differ.All
 	vo.Verify.OneFileSystem = o.OneFileSystem // what -x left out is not missing
-	code, err := job.Verify(vo)
+	code, err := job.Verify(ctx, vo)
 	if code != 0 || err != nil {
 		if err == nil {
 			err = fmt.Errorf("verify: DST differs from SRC")
@@ -202,7 +205,7 @@ against SRC and the command exits 0 with "already complete".
 				return &exitError{job.ExitUsage, err}
 			}
 			o.Src, o.Dst = args[0], args[1]
-			code, err := job.Copy(o)
+			code, err := job.Copy(cmd.Context(), o)
 			if code != 0 || err != nil {
 				if verifyAfter {
 					fmt.Fprintln(os.Stderr, "hlcp: the copy did not complete: not verified")
@@ -210,7 +213,7 @@ against SRC and the command exits 0 with "already complete".
 				return &exitError{code, err}
 			}
 			if verifyAfter {
-				return verifyCopy(o)
+				return verifyCopy(cmd.Context(), o)
 			}
 			return nil
 		},
@@ -252,7 +255,7 @@ discarded (--restart) without --discard-moved-data.
 				return &exitError{job.ExitUsage, err}
 			}
 			o.Src, o.Dst, o.Move = args[0], args[1], true
-			code, err := job.Copy(o)
+			code, err := job.Copy(cmd.Context(), o)
 			if code != 0 || err != nil {
 				return &exitError{code, err}
 			}
@@ -295,6 +298,21 @@ Exit codes:
 	return cmd
 }
 
+// signalContext is the commands' context: SIGINT or SIGTERM ends it with
+// job.ErrInterrupted as its cause, and every phase then stops at its next
+// checkpoint and returns (the exit code is 130).
+func signalContext() context.Context {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		for range sigs {
+			cancel(job.ErrInterrupted)
+		}
+	}()
+	return ctx
+}
+
 func main() {
 	root := &cobra.Command{
 		Use:   "hlcp",
@@ -320,7 +338,7 @@ Start with: hlcp demo
 			defer pprof.StopCPUProfile()
 		}
 	}
-	err := root.Execute()
+	err := root.ExecuteContext(signalContext())
 	pprof.StopCPUProfile()
 	if err == nil {
 		return

@@ -3,8 +3,8 @@ package main
 import (
 	"github.com/spf13/cobra"
 
+	"hlcp/internal/differ"
 	"hlcp/internal/job"
-	"hlcp/internal/verify"
 )
 
 func verifyCmd() *cobra.Command {
@@ -50,9 +50,9 @@ on the temporary files).`,
 			if !(o.Verify.Sample >= 0 && o.Verify.Sample <= 100) { // NaN too
 				return &exitError{job.ExitUsage, errorf("--sample must be a percentage (0-100)")}
 			}
-			o.Verify.What = verify.What{Perms: !noPerms, Owner: !noOwner, Times: !noTimes, Atime: atime, Xattrs: !noXattrs, ACLs: !noACLs}
+			o.Verify.What = differ.What{Perms: !noPerms, Owner: !noOwner, Times: !noTimes, Atime: atime, Xattrs: !noXattrs, ACLs: !noACLs}
 			o.Src, o.Dst = args[0], args[1]
-			code, err := job.Verify(o)
+			code, err := job.Verify(cmd.Context(), o)
 			if code != 0 || err != nil {
 				return &exitError{code, err}
 			}

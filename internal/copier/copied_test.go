@@ -1,6 +1,7 @@
 package copier
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -25,7 +26,7 @@ func copyTree(t *testing.T, src, dst string, b built, opt Options) *Copier {
 	}
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	t.Cleanup(func() { unix.Close(sfd); unix.Close(dfd) })
-	c, err := New(sfd, dfd, b.tab, opt)
+	c, err := New(context.Background(), sfd, dfd, b.tab, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +118,7 @@ func TestCopiedRecords(t *testing.T) {
 			sfd, dfd := openRoot(t, src), openRoot(t, dst)
 			defer unix.Close(sfd)
 			defer unix.Close(dfd)
-			c, err := New(sfd, dfd, b.tab, opt)
+			c, err := New(context.Background(), sfd, dfd, b.tab, opt)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -10,6 +10,7 @@
 package copier
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -93,13 +94,20 @@ type Copier struct {
 	splitMu  sync.Mutex
 	splits   map[string]*linkTarget // groups split on EMLINK, by first path (dir id + name)
 	noAtime  atomic.Bool            // O_NOATIME refused (not owner)
-	fatalMu  sync.Mutex
-	fatalErr error
+
+	// ctx is the one way the copier stops: it ends when the job's
+	// context does (a signal) or when the copier meets a fatal error
+	// (setFatal cancels it with the error as its cause). stopped mirrors
+	// it for the workers' loops, which look at it per record.
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	stopped atomic.Bool
 }
 
 // New returns a copier from the tree at srcRoot to the tree at dstRoot (both
-// open directory fds, owned by the caller).
-func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error) {
+// open directory fds, owned by the caller). It stops, at the next task
+// boundary and with a checkpoint, when ctx ends.
+func New(ctx context.Context, srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error) {
 	if opt.Jobs < 1 {
 		opt.Jobs = 1
 	}
@@ -122,6 +130,8 @@ func New(srcRoot, dstRoot int, dirs *plan.DirTable, opt Options) (*Copier, error
 		return nil, err
 	}
 	c := &Copier{opt: opt, srcRoot: srcRoot, dstRoot: dstRoot, srcDev: ss.Dev, dstDev: ds.Dev, dirs: dirs, caps: fsx.NewCaps()}
+	c.ctx, c.cancel = context.WithCancelCause(ctx)
+	context.AfterFunc(c.ctx, func() { c.stopped.Store(true) })
 	c.srcDirs = fsx.NewDirCache(srcRoot, dirs.Resolve, unix.O_PATH, srcCache)
 	c.dstDirs = fsx.NewDirCache(dstRoot, dirs.Resolve, unix.O_PATH, dstCache)
 	return c, nil
@@ -137,30 +147,27 @@ func (c *Copier) Close() {
 	c.dstDirs.Close()
 }
 
-// Methods reports whether reflink and copy_file_range were used.
-func (c *Copier) Methods() (clone, cfr bool) { return c.caps.Methods() }
-
-// NoHardLinks reports whether the destination refused hard links.
-func (c *Copier) NoHardLinks() bool { return c.noLinks.Load() }
-
 // fatal errors stop the job: the destination is full, read-only or broken.
 func isFatal(err error) bool {
 	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.EROFS)
 }
 
+// setFatal stops the copier with err (the first such error is kept).
 func (c *Copier) setFatal(err error) {
-	c.fatalMu.Lock()
-	if c.fatalErr == nil {
-		c.fatalErr = err
-	}
-	c.fatalMu.Unlock()
+	c.cancel(err)
+	c.stopped.Store(true)
 }
 
-// Fatal returns the error that stopped the copy, if any.
+// stopping reports whether the copier is to stop at the next record.
+func (c *Copier) stopping() bool { return c.stopped.Load() }
+
+// Fatal returns why the copier stopped: a fatal error, or the cause its
+// context ended with (job.ErrInterrupted on a signal); nil while it runs.
 func (c *Copier) Fatal() error {
-	c.fatalMu.Lock()
-	defer c.fatalMu.Unlock()
-	return c.fatalErr
+	if c.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(c.ctx)
 }
 
 func (c *Copier) fail(dir uint32, name []byte, err error) {
@@ -170,215 +177,6 @@ func (c *Copier) fail(dir uint32, name []byte, err error) {
 	}
 	c.Stats.Errors.Add(1)
 	c.opt.OnError(c.dirs.Rel(dir, name), err)
-}
-
-// MakeDirs creates every directory of the plan with id >= from under the
-// destination root, parents first, owner-writable (final modes come in
-// Finish). done is called after each directory. Existing directories are
-// accepted (resume).
-func (c *Copier) MakeDirs(from uint32, done func()) error {
-	if from == 0 {
-		from = 1
-	}
-	return c.dirs.Scan(from, func(d *plan.Dir) error {
-		if done != nil {
-			defer done()
-		}
-		if d.Flags&plan.DirGone != 0 {
-			return nil
-		}
-		pfd, err := c.dstDirs.Acquire(d.Parent)
-		if err != nil {
-			c.fail(d.ID, nil, fmt.Errorf("open parent directory: %w", err))
-			return c.Fatal()
-		}
-		name := string(d.Name)
-		err = unix.Mkdirat(pfd, name, 0o700)
-		if errors.Is(err, unix.EEXIST) {
-			var st unix.Stat_t
-			if e2 := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); e2 == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				err = nil
-			}
-		}
-		c.dstDirs.Release(d.Parent)
-		if err != nil {
-			c.fail(d.ID, nil, fmt.Errorf("mkdir: %w", err))
-			return c.Fatal()
-		}
-		c.Stats.Dirs.Add(1)
-		return nil
-	})
-}
-
-// openDir opens directory d of one side for metadata work, without
-// following symlinks.
-func openDir(cache *fsx.DirCache, root int, d *plan.Dir, flags int) (int, error) {
-	if d.ID == 0 {
-		return unix.Openat(root, ".", flags|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	}
-	pfd, err := cache.Acquire(d.Parent)
-	if err != nil {
-		return -1, err
-	}
-	defer cache.Release(d.Parent)
-	return unix.Openat(pfd, string(d.Name), flags|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-}
-
-// Finish applies the final owner, xattrs, mode and times to every directory
-// with id < below, deepest first (children have higher ids than their
-// parents), and to the root only when root is true. done is called per
-// directory.
-func (c *Copier) Finish(below uint32, root bool, done func()) error {
-	var x fsx.Xattrs
-	return c.dirs.ScanReverse(below, func(d *plan.Dir) error {
-		if done != nil {
-			defer done()
-		}
-		if d.Flags&plan.DirGone != 0 || (d.ID == 0 && !root) {
-			return nil
-		}
-		c.finishDir(d, &x)
-		return c.Fatal()
-	})
-}
-
-// FinishRoot applies the root directory's metadata (after the job's state
-// has left the destination root, so that its mtime stays).
-func (c *Copier) FinishRoot() error {
-	var d plan.Dir
-	if err := c.dirs.Get(0, &d); err != nil {
-		return err
-	}
-	var x fsx.Xattrs
-	c.finishDir(&d, &x)
-	return c.Fatal()
-}
-
-// InRoot runs f (which changes the root's content, as removing the job's
-// state does) after FinishRoot: with the owner's write permission on the
-// root for the time of f when its final mode lacks it, and with the root's
-// times set again afterwards.
-func (c *Copier) InRoot(f func() error) error {
-	var d plan.Dir
-	if err := c.dirs.Get(0, &d); err != nil {
-		return err
-	}
-	err := f()
-	if err != nil && d.Mode&0o300 != 0o300 && errors.Is(err, unix.EACCES) {
-		if cerr := unix.Fchmod(c.dstRoot, d.Mode&07777|0o700); cerr == nil {
-			err = f()
-			if cerr := unix.Fchmod(c.dstRoot, d.Mode&07777); cerr != nil {
-				c.fail(0, nil, fmt.Errorf("chmod: %w", cerr))
-			}
-		}
-	}
-	if terr := futimens(c.dstRoot, []unix.Timespec{d.Atime, d.Mtime}); terr != nil {
-		c.fail(0, nil, fmt.Errorf("set times: %w", terr))
-	}
-	return err
-}
-
-func (c *Copier) finishDir(d *plan.Dir, x *fsx.Xattrs) {
-	dfd, err := openDir(c.dstDirs, c.dstRoot, d, unix.O_RDONLY)
-	if err != nil {
-		c.fail(d.ID, nil, fmt.Errorf("open directory for metadata: %w", err))
-		return
-	}
-	defer unix.Close(dfd)
-	c.newEntries(d, dfd)
-	if c.opt.Owner {
-		if err := unix.Fchown(dfd, int(d.Uid), int(d.Gid)); err != nil {
-			c.metaFail(d.ID, nil, "chown", err)
-		}
-	} else {
-		c.ownerWarn(d.Uid, d.Gid)
-	}
-	if d.Flags&(plan.DirUnreadable) == 0 {
-		if err := c.copyDirXattrs(d, dfd, x); err != nil {
-			c.fail(d.ID, nil, err)
-		}
-	}
-	if err := unix.Fchmod(dfd, d.Mode&07777); err != nil {
-		c.metaFail(d.ID, nil, "chmod", err)
-	}
-	ts := []unix.Timespec{d.Atime, d.Mtime}
-	if err := futimens(dfd, ts); err != nil {
-		c.fail(d.ID, nil, fmt.Errorf("set times: %w", err))
-	}
-}
-
-// errAdded is the error of a source entry that the scan did not see.
-var errAdded = errors.New("in SRC but not copied: added (or renamed) after the scan; rerun the copy into an empty DST, or compare with hlcp verify")
-
-// newEntries reports the entries of source directory d that its copy dfd
-// lacks, when d's mtime is not what the scan saw: they came after the
-// scan (a resumed job works from the scan of its first run), and were not
-// copied. One fstatat per directory; the directory is listed only when
-// it changed.
-func (c *Copier) newEntries(d *plan.Dir, dfd int) {
-	if d.Flags&(plan.DirUnreadable|plan.DirGone|plan.DirMountSkipped) != 0 {
-		return
-	}
-	var st unix.Stat_t
-	if d.ID == 0 {
-		if unix.Fstat(c.srcRoot, &st) != nil {
-			return
-		}
-	} else {
-		pfd, err := c.srcDirs.Acquire(d.Parent)
-		if err != nil {
-			return
-		}
-		err = unix.Fstatat(pfd, string(d.Name), &st, unix.AT_SYMLINK_NOFOLLOW)
-		c.srcDirs.Release(d.Parent)
-		if err != nil {
-			return
-		}
-	}
-	if st.Mtim == d.Mtime || st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return
-	}
-	sfd, err := openDir(c.srcDirs, c.srcRoot, d, unix.O_RDONLY|unix.O_NOATIME)
-	if errors.Is(err, unix.EPERM) {
-		sfd, err = openDir(c.srcDirs, c.srcRoot, d, unix.O_RDONLY)
-	}
-	if err != nil {
-		return
-	}
-	f := os.NewFile(uintptr(sfd), "source directory")
-	defer f.Close()
-	for {
-		names, err := f.Readdirnames(256)
-		for _, n := range names {
-			var ds unix.Stat_t
-			if errors.Is(unix.Fstatat(dfd, n, &ds, unix.AT_SYMLINK_NOFOLLOW), unix.ENOENT) {
-				c.fail(d.ID, []byte(n), errAdded)
-			}
-		}
-		if err != nil || len(names) == 0 {
-			return
-		}
-	}
-}
-
-// copyDirXattrs copies the xattrs of source directory d to dfd. Below the
-// root they are read by name in d's (cached) parent, so the directory
-// needs no open and close of its own; the root has no parent to go by.
-func (c *Copier) copyDirXattrs(d *plan.Dir, dfd int, x *fsx.Xattrs) error {
-	if d.ID == 0 {
-		sfd, err := openDir(c.srcDirs, c.srcRoot, d, unix.O_RDONLY)
-		if err != nil {
-			return fmt.Errorf("open source directory for xattrs: %w", err)
-		}
-		defer unix.Close(sfd)
-		return x.CopyFd(sfd, dfd, c.xattrErr)
-	}
-	pfd, err := c.srcDirs.Acquire(d.Parent)
-	if err != nil {
-		return fmt.Errorf("open source directory for xattrs: %w", err)
-	}
-	defer c.srcDirs.Release(d.Parent)
-	return x.CopyPathToFd(fsx.ProcPath(pfd, string(d.Name)), dfd, c.xattrErr)
 }
 
 // futimens sets the times of an open file.
@@ -426,10 +224,6 @@ func (c *Copier) ownerWarn(uid, gid uint32) {
 		c.opt.OnWarn("owner", "not running as root: file ownership (uid/gid) was not preserved")
 	}
 }
-
-// Stop makes a running CopyPlan stop at the next task boundary, checkpoint
-// and return err.
-func (c *Copier) Stop(err error) { c.setFatal(err) }
 
 // Remaining estimates the space the groups of the plan from offset from
 // still need in the destination: the allocated size of each group's first

@@ -71,7 +71,7 @@ func (p *prefetcher) fetch() {
 func (p *prefetcher) open(t *task) {
 	c := p.c
 	for i, rec := range t.recs {
-		if c.Fatal() != nil || p.fds.Load() >= p.max {
+		if c.stopping() || p.fds.Load() >= p.max {
 			return
 		}
 		e, err := plan.DecodeEntry(rec)

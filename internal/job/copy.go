@@ -4,16 +4,14 @@
 package job
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -105,7 +103,7 @@ type runner struct {
 	dstFd        int
 	start        time.Time
 	sum          Summary
-	stopped      atomic.Bool
+	ctx          context.Context
 	cp           *copier.Copier
 	rm           *remove.Remover
 	dirs         *plan.DirTable
@@ -135,9 +133,9 @@ func (o *Options) command() string {
 
 // Copy runs `hlcp copy`, or `hlcp move` with Options.Move. It returns the exit code and an error to print
 // (nil when the summary says it all).
-func Copy(o Options) (int, error) {
+func Copy(ctx context.Context, o Options) (int, error) {
 	o.defaults()
-	r := &runner{o: o, start: time.Now(), srcFd: -1, dstFd: -1, stateParent: -1}
+	r := &runner{ctx: ctx, o: o, start: time.Now(), srcFd: -1, dstFd: -1, stateParent: -1}
 	r.sum.Command, r.sum.Src, r.sum.Dst = o.command(), o.Src, o.Dst
 	code, err := r.run()
 	if r.cp != nil {
@@ -215,22 +213,6 @@ func (r *runner) run() (int, error) {
 		r.rep.Logf("resuming the job from phase %s (attempt %d)", r.j.Phase, r.j.Attempts)
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	go func() {
-		for range sigs {
-			r.stopped.Store(true)
-			if cp := r.cp; cp != nil && r.j.Phase == journal.PhaseCopy {
-				cp.Stop(errInterrupted)
-				continue
-			}
-			r.errs.sync()
-			r.rep.Logf("interrupted: the job state is kept; rerun the same command to resume")
-			os.Exit(ExitInterrupted)
-		}
-	}()
-
 	testhook.KillAfter(r.progressNow)
 	if err := r.phases(); err != nil {
 		return r.stop(err)
@@ -249,7 +231,10 @@ func (r *runner) progressNow() (string, int64, bool) {
 	return p, c.Done.Load() + c.Paths.Load(), fresh
 }
 
-var errInterrupted = errors.New("interrupted")
+// ErrInterrupted is the cause the command's context ends with on SIGINT
+// or SIGTERM (see cmd/hlcp): every phase then checkpoints and returns, and
+// the exit code is ExitInterrupted.
+var ErrInterrupted = errors.New("interrupted")
 
 func (r *runner) identity() (journal.Identity, error) {
 	var ss, ds unix.Stat_t

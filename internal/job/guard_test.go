@@ -429,7 +429,7 @@ func TestStopExitCodes(t *testing.T) {
 		advice  string
 		damaged bool // the state is marked damaged after
 	}{
-		{name: "interrupted", command: "copy", err: fmt.Errorf("copy: %w", errInterrupted), code: ExitInterrupted, advice: "rerun the same command to resume"},
+		{name: "interrupted", command: "copy", err: fmt.Errorf("copy: %w", ErrInterrupted), code: ExitInterrupted, advice: "rerun the same command to resume"},
 		{name: "damaged plan", command: "copy", err: fmt.Errorf("plan: block 3: %w", blockfile.ErrDamaged), code: ExitStopped, advice: "pass --restart to discard it", damaged: true},
 		{name: "damaged plan of a move that removed sources", command: "move", moved: true, err: fmt.Errorf("plan: block 3: %w", blockfile.ErrDamaged), code: ExitStopped, advice: "--restart --discard-moved-data", damaged: true},
 		{name: "ENOSPC", command: "copy", err: &os.PathError{Op: "write", Path: "/d/x", Err: unix.ENOSPC}, code: ExitStopped, advice: "the destination is full"},

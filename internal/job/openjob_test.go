@@ -1,6 +1,7 @@
 package job
 
 import (
+	"context"
 	"io"
 	"os"
 	"path/filepath"
@@ -108,7 +109,7 @@ func TestOpenJobRefusals(t *testing.T) {
 			o := c.setup(t, base, src, dst)
 			o.Quiet, o.Stdout, o.Stderr = true, io.Discard, io.Discard
 			before := treeOf(t, base)
-			code, err := Copy(o)
+			code, err := Copy(context.Background(), o)
 			if c.want == "" {
 				// Not a refusal case in itself: only the known bug.
 				if code != ExitOK {

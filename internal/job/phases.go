@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -77,7 +76,7 @@ func (r *runner) phases() error {
 			return fmt.Errorf("open the copy records: %w", err)
 		}
 	}
-	r.cp, err = copier.New(r.srcFd, r.dstFd, dirs, copier.Options{
+	r.cp, err = copier.New(r.ctx, r.srcFd, r.dstFd, dirs, copier.Options{
 		Jobs: r.o.Jobs, Owner: os.Geteuid() == 0, Retries: r.o.Retries, SrcDevMap: r.srcDevMap, DirCacheSize: r.dirCacheSize,
 		NoPrefetch: testhook.NoPrefetch, NoRing: testhook.NoURing, NoDirect: testhook.NoDirect,
 		OnError: r.errs.add, OnWarn: r.errs.warn,
@@ -173,7 +172,7 @@ func (r *runner) scanPhase() error {
 		// preflight check, would be copied into the job's own state.
 		names = []string{StateName}
 	}
-	st, err := scan.Scan(r.o.Src, scan.Options{
+	st, err := scan.Scan(r.ctx, r.o.Src, scan.Options{
 		Exclude: exclude, ExcludeTop: names, RootFd: r.srcFd,
 		Jobs: r.o.Jobs, OneFileSystem: r.o.OneFileSystem,
 		NewEmitter: func() scan.Emitter { return plan.NewEmitter(ents, dirs) },
@@ -255,7 +254,7 @@ func (r *runner) sortPhase() error {
 		return fmt.Errorf("sort directories: %w", err)
 	}
 	dt.Close()
-	ps, pfiles, err := plan.Build(sortRuns(edir, j.EntryRuns), tmp, sd, mem, func(n int64) { ctr.Done.Store(n) })
+	ps, pfiles, err := plan.Build(r.ctx, sortRuns(edir, j.EntryRuns), tmp, sd, mem, func(n int64) { ctr.Done.Store(n) })
 	if err != nil {
 		return fmt.Errorf("sort entries: %w", err)
 	}
@@ -367,25 +366,18 @@ func (r *runner) finishPhase() error {
 	total := int64(r.dirs.Len())
 	ctr.Total.Store(total)
 	ctr.Done.Store(total - int64(j.FinishBelow))
-	below := j.FinishBelow
 	last := time.Now()
-	var cur atomic.Uint32
-	cur.Store(below)
-	err := r.cp.Finish(below, false, func() {
+	err := r.cp.Finish(j.FinishBelow, false, func(id uint32) error {
 		ctr.Done.Add(1)
-		id := cur.Add(^uint32(0)) // the directory just finished
 		if time.Since(last) < r.o.CheckpointEvery {
-			return
+			return nil
 		}
 		last = time.Now()
 		if err := r.syncDst(); err != nil {
-			r.cp.Stop(err)
-			return
+			return err
 		}
-		j.FinishBelow = id
-		if err := r.save(); err != nil {
-			r.cp.Stop(err)
-		}
+		j.FinishBelow = id // id and above are done
+		return r.save()
 	})
 	if err != nil {
 		return err
@@ -423,12 +415,6 @@ func (r *runner) removePhase() error {
 	}
 	r.rm = remove.New(r.srcFd, r.dstFd, r.dirs, remove.Options{Checksum: r.o.Checksum, OnError: r.errs.add, DirCacheSize: r.dirCacheSize,
 		SrcDevMap: r.srcDevMap, ProbeDir: j.StateDir(), Copied: r.copied, Owner: os.Geteuid() == 0})
-	stop := func() error {
-		if r.stopped.Load() {
-			return errInterrupted
-		}
-		return nil
-	}
 	if !j.FilesGone {
 		ctr := r.planPhase("remove", j.RemoveMark)
 		ckpt := func(off, groups int64) error {
@@ -436,7 +422,7 @@ func (r *runner) removePhase() error {
 			return r.save()
 		}
 		in := remove.Input{Dir: j.StateDir(), Plan: j.Files[plan.PlanFile]}
-		if err := r.rm.Files(in, j.RemoveMark, j.RemoveGroups, ctr, ckpt, r.o.CheckpointEvery, stop); err != nil {
+		if err := r.rm.Files(r.ctx, in, j.RemoveMark, j.RemoveGroups, ctr, ckpt, r.o.CheckpointEvery); err != nil {
 			return err
 		}
 		r.rep.End()
@@ -454,7 +440,7 @@ func (r *runner) removePhase() error {
 		j.RemoveDirs = below
 		return r.save()
 	}
-	if err := r.rm.Dirs(j.RemoveDirs, func() { ctr.Done.Add(1) }, ckpt, r.o.CheckpointEvery, stop); err != nil {
+	if err := r.rm.Dirs(r.ctx, j.RemoveDirs, func() { ctr.Done.Add(1) }, ckpt, r.o.CheckpointEvery); err != nil {
 		return err
 	}
 	r.rep.End()

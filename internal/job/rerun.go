@@ -9,10 +9,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hlcp/internal/differ"
 	"hlcp/internal/fsx"
 	"hlcp/internal/journal"
 	"hlcp/internal/progress"
-	"hlcp/internal/verify"
 )
 
 // maxDirTimes bounds the directory times that the rerun of a finished
@@ -56,13 +56,13 @@ func (r *runner) finishedRerun() (int, error) {
 	}
 	r.rep.Logf("DST %s is not empty and holds no unfinished job: checking whether it already is a copy of SRC", fsx.Quote(o.Dst))
 	var dirTimes []string
-	var other []verify.Diff
+	var other []differ.Diff
 	var nOther int64
-	res, err := verify.Run(verify.Options{
+	res, err := differ.Run(r.ctx, differ.Options{
 		Src: o.Src, Dst: o.Dst, Jobs: o.Jobs, Memory: o.Memory, TmpDir: tmp,
-		What: verify.All, OneFileSystem: o.OneFileSystem, Progress: r.rep,
-	}, func(d verify.Diff) error {
-		if d.Code == verify.CodeMtime && len(dirTimes) < maxDirTimes {
+		What: differ.All, OneFileSystem: o.OneFileSystem, Progress: r.rep,
+	}, differ.ConsumerFunc(func(d differ.Diff) error {
+		if d.Code == differ.CodeMtime && d.Src.Type == fsx.TypeDir && len(dirTimes) < maxDirTimes {
 			dirTimes = append(dirTimes, d.Path)
 			return nil
 		}
@@ -71,17 +71,17 @@ func (r *runner) finishedRerun() (int, error) {
 			other = append(other, d)
 		}
 		return nil
-	})
+	}))
 	r.rep.End()
 	if err != nil {
 		return ExitUsage, usagef("DST %s is not empty, and it could not be compared with SRC: %v", fsx.Quote(o.Dst), err)
 	}
 	if nOther == 0 {
-		var notDir []verify.Diff
+		var notDir []differ.Diff
 		for _, p := range dirTimes {
 			if err := r.setDirTimes(p); err != nil {
 				nOther++
-				notDir = append(notDir, verify.Diff{Code: verify.CodeMtime, Path: p, Detail: err.Error()})
+				notDir = append(notDir, differ.Diff{Code: differ.CodeMtime, Path: p, Detail: err.Error()})
 			}
 		}
 		other = append(other, notDir[:min(len(notDir), 5)]...)

@@ -80,7 +80,7 @@ func (r *runner) stop(err error) (int, error) {
 	msg := fmt.Sprintf("stopped in phase %s: %v", r.j.Phase, err)
 	advice := fmt.Sprintf("the job state is kept in %s; rerun the same command to resume", fsx.Quote(r.j.Dir))
 	switch {
-	case errors.Is(err, errInterrupted):
+	case errors.Is(err, ErrInterrupted):
 		code = ExitInterrupted
 		msg = "interrupted"
 	case errors.Is(err, blockfile.ErrDamaged):

@@ -1,7 +1,9 @@
 package job
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"hlcp/internal/differ"
 	"hlcp/internal/fsx"
 	"hlcp/internal/progress"
 	"hlcp/internal/verify"
@@ -17,23 +20,17 @@ import (
 // VerifyOptions of `hlcp verify`.
 type VerifyOptions struct {
 	Options
-	Verify verify.Options
+	Verify differ.Options
 	JSON   bool // differences and summary as JSON lines
 }
 
-// FormatDiff is the one-line, grep-able form of a difference: the code in
-// a fixed column, the path (quoted when not printable), the details.
-func FormatDiff(d verify.Diff) string {
-	s := fmt.Sprintf("%-8s %s", d.Code, fsx.Quote(d.Path))
-	if d.Detail != "" {
-		s += "  (" + d.Detail + ")"
-	}
-	return s
-}
+// FormatDiff is the one-line, grep-able form of a difference (see
+// verify.Format).
+func FormatDiff(d differ.Diff) string { return verify.Format(d) }
 
 // Verify runs `hlcp verify`: 0 identical, 1 different, 3 some paths could
 // not be checked (and no difference found), 2 bad arguments.
-func Verify(o VerifyOptions) (int, error) {
+func Verify(ctx context.Context, o VerifyOptions) (int, error) {
 	o.defaults()
 	setMemoryLimit(o.Memory)
 	if err := checkTree("SRC", o.Src); err != nil {
@@ -61,17 +58,11 @@ func Verify(o VerifyOptions) (int, error) {
 	rep := progress.New(o.Stderr, mode, o.Interval)
 	v := o.Verify
 	v.Src, v.Dst, v.Jobs, v.Memory, v.Progress = o.Src, o.Dst, o.Jobs, o.Memory, rep
-	enc := json.NewEncoder(o.Stdout)
-	var shown int64
-	res, err := verify.Run(v, func(d verify.Diff) error {
-		shown++
-		if o.JSON {
-			return enc.Encode(d)
-		}
-		_, err := fmt.Fprintln(o.Stdout, FormatDiff(d))
-		return err
-	})
+	res, err := differ.Run(ctx, v, &verify.Printer{W: o.Stdout, JSON: o.JSON})
 	rep.Close()
+	if errors.Is(err, ErrInterrupted) {
+		return ExitInterrupted, errors.New("verify interrupted")
+	}
 	if err != nil {
 		return ExitStopped, fmt.Errorf("verify: %w", err)
 	}
@@ -83,8 +74,8 @@ func Verify(o VerifyOptions) (int, error) {
 	}
 	elapsed := time.Since(start)
 	if o.JSON {
-		enc.Encode(struct {
-			Summary  verify.Result `json:"summary"`
+		json.NewEncoder(o.Stdout).Encode(struct {
+			Summary  differ.Result `json:"summary"`
 			Elapsed  float64       `json:"elapsed_seconds"`
 			PeakRSS  int64         `json:"peak_rss_bytes"`
 			ExitCode int           `json:"exit_code"`
@@ -97,7 +88,7 @@ func Verify(o VerifyOptions) (int, error) {
 	return code, nil
 }
 
-func printVerifySummary(w io.Writer, o *VerifyOptions, res verify.Result, code int, elapsed time.Duration) {
+func printVerifySummary(w io.Writer, o *VerifyOptions, res differ.Result, code int, elapsed time.Duration) {
 	c := progress.Count
 	verdict := map[int]string{ExitOK: "identical", ExitDiffer: "DIFFERENT", ExitPartial: "no difference found, but some paths could not be checked"}[code]
 	fmt.Fprintf(w, "hlcp verify %s %s: %s (%s)\n", fsx.Quote(o.Src), fsx.Quote(o.Dst), verdict, progress.Duration(elapsed))

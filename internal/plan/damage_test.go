@@ -2,6 +2,7 @@ package plan
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -75,7 +76,7 @@ func writeState(t testing.TB, tmp, out *fsx.Dir) (Stats, map[string]blockfile.In
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, files, err := Build(eruns, tmp, out, 1<<20, nil)
+	st, files, err := Build(context.Background(), eruns, tmp, out, 1<<20, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

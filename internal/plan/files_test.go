@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"os"
@@ -164,7 +165,7 @@ func TestLinkRunsSymlink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = Build(runs, tmp, tempDir(t), 1<<20, nil)
+	_, _, err = Build(context.Background(), runs, tmp, tempDir(t), 1<<20, nil)
 	t.Logf("Build with a symlink as %s: %v", linkRunsDir, err)
 	if data, err := os.ReadFile(victim); err != nil || string(data) != "untouched" {
 		t.Fatalf("%s: %q, %v", victim, data, err)

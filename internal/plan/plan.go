@@ -2,6 +2,7 @@ package plan
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -40,7 +41,9 @@ type Stats struct {
 // much, the sort of the links (every path after the first of its group,
 // as a Link record, sorted by destination directory) in a directory of
 // tmp. progress, if not nil, gets the number of records written so far.
-func Build(runs []extsort.Run, tmp, out *fsx.Dir, memBytes int, progress func(int64)) (Stats, map[string]blockfile.Info, error) {
+// When ctx ends, Build stops and returns its cause (nothing is renamed into
+// place: a rerun sorts again).
+func Build(ctx context.Context, runs []extsort.Run, tmp, out *fsx.Dir, memBytes int, progress func(int64)) (Stats, map[string]blockfile.Info, error) {
 	var st Stats
 	if err := RemoveTemp(tmp, linkRunsDir); err != nil {
 		return st, nil, err
@@ -99,6 +102,10 @@ func Build(runs []extsort.Run, tmp, out *fsx.Dir, memBytes int, progress func(in
 			return st, nil, fmt.Errorf("build plan: bad entry record of %d bytes", len(rec))
 		}
 		st.Paths++
+		if st.Paths%(64<<10) == 0 && ctx.Err() != nil {
+			wait()
+			return st, nil, context.Cause(ctx)
+		}
 		if prev == nil || !SameInode(prev, rec) {
 			if prev != nil {
 				endGroup()

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -224,7 +225,7 @@ func TestBuildPlan(t *testing.T) {
 		}
 	}
 	runs, _, _, _ := s.Finish()
-	st, files, err := Build(runs, dir, dir, 1<<20, nil)
+	st, files, err := Build(context.Background(), runs, dir, dir, 1<<20, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +309,7 @@ func TestBuildLinks(t *testing.T) {
 		inos = append(inos, ino)
 	}
 	slices.Sort(inos)
-	st, files, err := Build(runs, dir, dir, 64<<10, nil)
+	st, files, err := Build(context.Background(), runs, dir, dir, 64<<10, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

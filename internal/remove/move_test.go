@@ -1,6 +1,7 @@
 package remove
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -120,7 +121,7 @@ func newMove(t *testing.T, populate func(src string), fakeDev uint64) *move {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.tab.Close() })
-	st, files, err := plan.Build(eruns, m.state, m.state, 1<<20, nil)
+	st, files, err := plan.Build(context.Background(), eruns, m.state, m.state, 1<<20, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +150,7 @@ func newMove(t *testing.T, populate func(src string), fakeDev uint64) *move {
 	sfd, dfd := openDir(t, m.src), openDir(t, m.dst)
 	var mu sync.Mutex
 	var errs []string
-	c, err := copier.New(sfd, dfd, m.tab, copier.Options{Jobs: 2, Owner: os.Geteuid() == 0, Copied: m.cp, SrcDevMap: m.devMap,
+	c, err := copier.New(context.Background(), sfd, dfd, m.tab, copier.Options{Jobs: 2, Owner: os.Geteuid() == 0, Copied: m.cp, SrcDevMap: m.devMap,
 		OnError: func(rel string, err error) { mu.Lock(); errs = append(errs, rel+": "+err.Error()); mu.Unlock() }})
 	if err != nil {
 		t.Fatal(err)
@@ -239,16 +240,15 @@ func (m *move) remove(t *testing.T, opt Options, dirs bool) removal {
 	}
 	res.r = New(openDir(t, m.src), openDir(t, m.dst), m.tab, opt)
 	t.Cleanup(res.r.Close)
-	never := func() error { return nil }
 	var last int64 = -1
-	if err := res.r.Files(Input{Dir: m.state, Plan: m.in.Plan}, 0, 0, nil, func(off, groups int64) error { last = groups; return nil }, 0, never); err != nil {
+	if err := res.r.Files(context.Background(), Input{Dir: m.state, Plan: m.in.Plan}, 0, 0, nil, func(off, groups int64) error { last = groups; return nil }, 0); err != nil {
 		t.Fatal(err)
 	}
 	if last != m.groups {
 		t.Errorf("the final checkpoint counts %d groups, the plan has %d", last, m.groups)
 	}
 	if dirs {
-		if err := res.r.Dirs(m.tab.Len(), nil, nil, 0, never); err != nil {
+		if err := res.r.Dirs(context.Background(), m.tab.Len(), nil, nil, 0); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -19,6 +19,7 @@ package remove
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -228,12 +229,10 @@ type Input struct {
 // Files removes the source paths of the plan's groups from offset from
 // (the start of group fromGroup) on. checkpoint is called at group
 // boundaries about every `every` with the offset below which every group
-// is handled and the number of groups below it, and once at the end. stop,
-// when it returns an error, ends the walk at the next group boundary.
-func (r *Remover) Files(in Input, from, fromGroup int64, ctr *progress.Counters, checkpoint func(off, groups int64) error, every time.Duration, stop func() error) error {
-	if stop == nil {
-		stop = func() error { return nil }
-	}
+// is handled and the number of groups below it, and once at the end. When
+// ctx ends, the walk stops at the next group boundary, checkpoints, and
+// returns the context's cause.
+func (r *Remover) Files(ctx context.Context, in Input, from, fromGroup int64, ctr *progress.Counters, checkpoint func(off, groups int64) error, every time.Duration) error {
 	pr, err := plan.OpenReader(in.Dir, plan.PlanFile, in.Plan, from)
 	if err != nil {
 		return err
@@ -262,11 +261,11 @@ func (r *Remover) Files(in Input, from, fromGroup int64, ctr *progress.Counters,
 			if prev != nil {
 				ctr.Done.Add(1)
 			}
-			if err := stop(); err != nil {
+			if ctx.Err() != nil {
 				if checkpoint != nil {
 					checkpoint(off, gi+1)
 				}
-				return err
+				return context.Cause(ctx)
 			}
 			if checkpoint != nil && every > 0 && time.Since(last) >= every {
 				if err := checkpoint(off, gi+1); err != nil {
@@ -688,11 +687,8 @@ func readFull(fd int, b []byte) (int, error) {
 // Dirs removes the source directories with id < below, deepest first, when
 // they are empty and their copy exists. The root (id 0) is not removed.
 // checkpoint is called about every `every` with the id below which work
-// remains.
-func (r *Remover) Dirs(below uint32, done func(), checkpoint func(below uint32) error, every time.Duration, stop func() error) error {
-	if stop == nil {
-		stop = func() error { return nil }
-	}
+// remains; when ctx ends, Dirs checkpoints and returns its cause.
+func (r *Remover) Dirs(ctx context.Context, below uint32, done func(), checkpoint func(below uint32) error, every time.Duration) error {
 	last := time.Now()
 	return r.dirs.ScanReverse(below, func(d *plan.Dir) error {
 		if done != nil {
@@ -701,11 +697,11 @@ func (r *Remover) Dirs(below uint32, done func(), checkpoint func(below uint32) 
 		if d.ID == 0 {
 			return nil
 		}
-		if err := stop(); err != nil {
+		if ctx.Err() != nil {
 			if checkpoint != nil {
 				checkpoint(d.ID + 1)
 			}
-			return err
+			return context.Cause(ctx)
 		}
 		if checkpoint != nil && every > 0 && time.Since(last) >= every {
 			if err := checkpoint(d.ID + 1); err != nil {

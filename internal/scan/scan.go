@@ -12,12 +12,14 @@
 package scan
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/fsx"
@@ -127,8 +129,9 @@ const (
 )
 
 // Scan walks root. A failure to open root itself is returned; per-path
-// problems go to OnError and are counted.
-func Scan(root string, opt Options) (Stats, error) {
+// problems go to OnError and are counted. When ctx ends the workers stop
+// and Scan returns the context's cause.
+func Scan(ctx context.Context, root string, opt Options) (Stats, error) {
 	if opt.Jobs < 1 {
 		opt.Jobs = 1
 	}
@@ -154,20 +157,21 @@ func Scan(root string, opt Options) (Stats, error) {
 	rootItem := item{id: 0}
 	s.pending = 1
 
-	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() { s.fail(context.Cause(ctx)) })
+	defer stop()
+	var workers errgroup.Group
 	for i := 0; i < opt.Jobs; i++ {
 		w := &worker{s: s, em: opt.NewEmitter(), buf: make([]byte, 64<<10)}
 		if i == 0 {
 			w.stack = append(w.stack, rootItem)
 			w.rootFd, w.rootSt = fd, &st
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		workers.Go(func() error {
 			w.run()
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	workers.Wait()
 	out := Stats{
 		Dirs: s.stats.dirs.Load(), Entries: s.stats.entries.Load(), Lstats: s.stats.lstats.Load(),
 		MountPoints: s.stats.mounts.Load(), Errors: s.stats.errors.Load(),

@@ -1,6 +1,7 @@
 package scan
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
@@ -68,7 +69,7 @@ func scanTree(t *testing.T, root string, opt Options) (Stats, map[uint32]plan.Di
 			user(rel, err)
 		}
 	}
-	st, err := Scan(root, opt)
+	st, err := Scan(context.Background(), root, opt)
 	if err != nil {
 		t.Fatal(err)
 	}

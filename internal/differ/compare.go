@@ -1,16 +1,13 @@
-package verify
+package differ
 
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
 	"hash/maphash"
 	"io"
-	"strings"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -45,29 +42,6 @@ type What struct {
 
 // All compares everything hlcp copies except atimes.
 var All = What{Perms: true, Owner: true, Times: true, Xattrs: true, ACLs: true}
-
-// Diff is one difference.
-type Diff struct {
-	Code   string `json:"code"`
-	Path   string `json:"path"`
-	Detail string `json:"detail,omitempty"`
-}
-
-// MarshalJSON keeps paths exact: JSON strings must be UTF-8, so a path that
-// is not is given Go-quoted in "path" and as base64 bytes in "path_bytes".
-func (d Diff) MarshalJSON() ([]byte, error) {
-	type plain struct {
-		Code      string `json:"code"`
-		Path      string `json:"path"`
-		PathBytes []byte `json:"path_bytes,omitempty"`
-		Detail    string `json:"detail,omitempty"`
-	}
-	p := plain{Code: d.Code, Path: d.Path, Detail: strings.ToValidUTF8(d.Detail, "\ufffd")}
-	if !utf8.ValidString(d.Path) {
-		p.Path, p.PathBytes = fsx.Quote(d.Path), []byte(d.Path)
-	}
-	return json.Marshal(p)
-}
 
 // Inode is what is compared of one side of an inode pair.
 type Inode struct {

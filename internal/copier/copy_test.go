@@ -2,6 +2,7 @@ package copier
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -110,7 +111,7 @@ func buildPlanFull(t *testing.T, src, state string) built {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tab.Close() })
-	st, files, err := plan.Build(eruns, sd, sd, 1<<20, nil)
+	st, files, err := plan.Build(context.Background(), eruns, sd, sd, 1<<20, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,9 +188,9 @@ func TestWatermarkAfterStop(t *testing.T) {
 	e9, _ := plan.DecodeEntry(ents[18].rec)
 	os.Remove(filepath.Join(src, string(e9.Name)))
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
-	var c *Copier
-	c, err := New(sfd, dfd, tab, Options{Jobs: 1, OnError: func(rel string, err error) {
-		c.Stop(fmt.Errorf("interrupted"))
+	ctx, stop := context.WithCancelCause(context.Background())
+	c, err := New(ctx, sfd, dfd, tab, Options{Jobs: 1, OnError: func(rel string, err error) {
+		stop(fmt.Errorf("interrupted"))
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +229,7 @@ func TestWatermarkBigLast(t *testing.T) {
 	planEnd, _ := blockfile.Logical(p.Plan.Size)
 	linksEnd, _ := blockfile.Logical(p.Links.Size)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
-	c, _ := New(sfd, dfd, tab, Options{Jobs: 2})
+	c, _ := New(context.Background(), sfd, dfd, tab, Options{Jobs: 2})
 	var last Marks
 	err := c.Copy(p, Marks{}, nil, func(m Marks) error { last = m; return nil }, 0)
 	t.Logf("Copy: %v; final marks %+v, plan size %d", err, last, planEnd)
@@ -262,7 +263,7 @@ func TestEmlinkSplits(t *testing.T) {
 	linked(t, src, n, "l%06d")
 	tab, p, _ := buildPlan(t, src, state)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
-	c, _ := New(sfd, dfd, tab, Options{Jobs: 2})
+	c, _ := New(context.Background(), sfd, dfd, tab, Options{Jobs: 2})
 	err = c.Copy(p, Marks{}, nil, nil, 0)
 	t.Logf("Copy: %v; split groups %d, extra copies %d, errors %d, paths %d", err, c.Stats.SplitGroups.Load(), c.Stats.ExtraCopies.Load(), c.Stats.Errors.Load(), c.Stats.Paths.Load())
 	if c.Stats.SplitGroups.Load() != 1 || c.Stats.ExtraCopies.Load() != 2 {
@@ -296,7 +297,7 @@ func TestLinksOfFailedCreate(t *testing.T) {
 	os.WriteFile(filepath.Join(dst, "a"), []byte("stale"), 0o644)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	var errs []string
-	c, _ := New(sfd, dfd, tab, Options{Jobs: 2, OnError: func(rel string, err error) { errs = append(errs, rel+": "+err.Error()) }})
+	c, _ := New(context.Background(), sfd, dfd, tab, Options{Jobs: 2, OnError: func(rel string, err error) { errs = append(errs, rel+": "+err.Error()) }})
 	if err := c.Copy(p, Marks{}, nil, nil, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -322,13 +323,14 @@ func TestLinkWatermarkAfterStop(t *testing.T) {
 	linked(t, src, 3*maxLinkTask, "l%05d")
 	tab, p, _ := buildPlan(t, src, state)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
-	c, _ := New(sfd, dfd, tab, Options{Jobs: 1}) // tasks in order: the first one is done when the stop comes
+	ctx, stop := context.WithCancelCause(context.Background())
+	c, _ := New(ctx, sfd, dfd, tab, Options{Jobs: 1}) // tasks in order: the first one is done when the stop comes
 	ctr := new(progress.Counters)
 	go func() {
 		for ctr.Paths.Load() < maxLinkTask+100 {
 			time.Sleep(50 * time.Microsecond)
 		}
-		c.Stop(fmt.Errorf("interrupted"))
+		stop(fmt.Errorf("interrupted"))
 	}()
 	var last int64
 	err := c.Copy(p, Marks{}, ctr, func(m Marks) error { last = m.Links; return nil }, 0)
@@ -381,7 +383,7 @@ func TestLinkModes(t *testing.T) {
 			sfd, dfd := openRoot(t, src), openRoot(t, dst)
 			var mu sync.Mutex
 			var errs []string
-			c, _ := New(sfd, dfd, tab, Options{Jobs: 3, NoRing: noRing, OnError: func(rel string, err error) {
+			c, _ := New(context.Background(), sfd, dfd, tab, Options{Jobs: 3, NoRing: noRing, OnError: func(rel string, err error) {
 				mu.Lock()
 				errs = append(errs, rel)
 				mu.Unlock()
@@ -452,7 +454,7 @@ func TestModesAndOwners(t *testing.T) {
 	tab, p, _ := buildPlan(t, src, state)
 	sfd, dfd := openRoot(t, src), openRoot(t, dst)
 	var errs []string
-	c, _ := New(sfd, dfd, tab, Options{Jobs: 2, Owner: root, OnError: func(rel string, err error) { errs = append(errs, rel+": "+err.Error()) }})
+	c, _ := New(context.Background(), sfd, dfd, tab, Options{Jobs: 2, Owner: root, OnError: func(rel string, err error) { errs = append(errs, rel+": "+err.Error()) }})
 	if err := c.Copy(p, Marks{}, nil, nil, 0); err != nil {
 		t.Fatal(err)
 	}
