@@ -1,9 +1,12 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -35,7 +38,7 @@ func TestSmallBenchmark(t *testing.T) {
 	c := &config{
 		sizes: []string{"small"}, tools: toolNames(), runs: 1,
 		work: t.TempDir(), out: t.TempDir(), hlcp: hlcp,
-		loop: loop, verify: true, strace: false, cold: false,
+		loop: loop, verify: true, strace: false, cold: false, plotDir: "plot",
 	}
 	if err := run(c); err != nil {
 		t.Fatal(err)
@@ -86,4 +89,23 @@ func TestSmallBenchmark(t *testing.T) {
 	if err != nil || len(png) < 1000 || string(png[1:4]) != "PNG" {
 		t.Errorf("scaling.png: %v, %d bytes", err, len(png))
 	}
+}
+
+// loadResults reads every size's results in dir, smallest tree first.
+func loadResults(dir string) ([]*SizeResult, error) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
+	var all []*SizeResult
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var r SizeResult
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		all = append(all, &r)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Paths < all[j].Paths })
+	return all, nil
 }

@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 )
@@ -35,6 +34,7 @@ type config struct {
 	straceT   []string // tools whose syscalls are counted
 	straceMax int64    // trees with more paths are not straced
 	plotOnly  bool     // only redraw the plot from the JSON in out
+	plotDir   string   // the plot's module (bench/plot)
 	verify    bool
 	noCheck   bool
 	cold      bool
@@ -64,6 +64,7 @@ func main() {
 	flag.StringVar(&c.jobsFlag, "hlcp-jobs", "", "pass -j to hlcp")
 	flag.Int64Var(&c.straceMax, "strace-max-paths", 3_000_000, "with -strace, count syscalls only on trees of at most this many paths (0: all); cp -a under strace takes about 8 times its time")
 	flag.BoolVar(&c.plotOnly, "plot-only", false, "run nothing: redraw scaling.png from the JSON results in -out")
+	flag.StringVar(&c.plotDir, "plot-dir", filepath.Join("bench", "plot"), "the plot's own module, run with go run (keeps its library out of hlcp's go.mod)")
 	flag.DurationVar(&c.limit, "limit", 0, "time limit of each peer's run (default: 10x hlcp's time on the tree, at least 2m)")
 	flag.Parse()
 	c.sizes = strings.Split(sizesF, ",")
@@ -118,33 +119,32 @@ func run(c *config) error {
 		os.WriteFile(filepath.Join(c.out, size+".md"), []byte(md), 0o644)
 		fmt.Println(md)
 	}
-	all, err := loadResults(c.out)
-	if err != nil {
-		return err
-	}
 	png := filepath.Join(c.out, "scaling.png")
-	if err := plotResults(all, png); err != nil {
-		return fmt.Errorf("plot: %w", err)
+	if err := plotResults(c.plotDir, c.out, png); err != nil {
+		// The tables and the JSON are the results; the plot is a view.
+		logf("no plot: %v", err)
+		return nil
 	}
 	logf("wrote %s", png)
 	return nil
 }
 
-// loadResults reads every size's results in dir, smallest tree first.
-func loadResults(dir string) ([]*SizeResult, error) {
-	files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
-	var all []*SizeResult
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		var r SizeResult
-		if err := json.Unmarshal(b, &r); err != nil {
-			return nil, fmt.Errorf("%s: %w", f, err)
-		}
-		all = append(all, &r)
+// plotResults draws png from the JSON results in dir with the plot module
+// in plotDir, a module of its own (its plotting library stays out of
+// hlcp's go.mod).
+func plotResults(plotDir, dir, png string) error {
+	absDir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].Paths < all[j].Paths })
-	return all, nil
+	absPng, err := filepath.Abs(png)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "run", ".", "-in", absDir, "-out", absPng, "-tools", strings.Join(toolNames(), ","))
+	cmd.Dir = plotDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go run %s: %v\n%s", plotDir, err, out)
+	}
+	return nil
 }

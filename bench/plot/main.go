@@ -1,8 +1,21 @@
+// Command plot draws the benchmark's scaling.png from its JSON results: wall
+// time and peak RSS against the size of the tree, one line per tool. It is
+// a module of its own so that the plotting library (gonum/plot and what it
+// brings) stays out of hlcp's go.mod; the benchmark runs it with
+// `go run` in this directory.
+//
+//	go run . -in ../out -out ../out/scaling.png -tools "hlcp,cp -a"
 package main
 
 import (
+	"encoding/json"
+	"flag"
 	"fmt"
 	"image/color"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -12,15 +25,70 @@ import (
 	"gonum.org/v1/plot/vg/vgimg"
 )
 
+// The parts of the benchmark's results (bench/size.go) the plot reads.
+type (
+	measure struct {
+		Wall    float64 `json:"wall_s"`
+		PeakRSS int64   `json:"peak_rss_bytes"`
+		Exit    int     `json:"exit"`
+		Killed  bool    `json:"killed,omitempty"`
+	}
+	toolResult struct {
+		Tool   string  `json:"tool"`
+		Median measure `json:"median"`
+	}
+	sizeResult struct {
+		Paths int64        `json:"paths"`
+		Copy  []toolResult `json:"copy"`
+	}
+)
+
+func main() {
+	in := flag.String("in", "bench/out", "directory of the results (*.json)")
+	out := flag.String("out", "", "PNG to write (default IN/scaling.png)")
+	tools := flag.String("tools", "", "comma-separated tools, in the legend's order")
+	flag.Parse()
+	if *out == "" {
+		*out = filepath.Join(*in, "scaling.png")
+	}
+	all, err := load(*in)
+	if err == nil {
+		err = plotResults(all, strings.Split(*tools, ","), *out)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "plot:", err)
+		os.Exit(1)
+	}
+}
+
+// load reads every size's results in dir, smallest tree first.
+func load(dir string) ([]*sizeResult, error) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
+	var all []*sizeResult
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var r sizeResult
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		all = append(all, &r)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Paths < all[j].Paths })
+	return all, nil
+}
+
 // plotResults draws wall time and peak RSS against tree size (paths), one
 // line per tool, into a PNG. A run killed at the time limit is drawn where
 // it stood when killed, a lower bound of its time and of its peak RSS, and
 // circled in black.
-func plotResults(all []*SizeResult, path string) error {
+func plotResults(all []*sizeResult, tools []string, path string) error {
 	if len(all) == 0 {
 		return fmt.Errorf("no results")
 	}
-	mk := func(title, ylabel string, val func(Measure) float64) (*plot.Plot, error) {
+	mk := func(title, ylabel string, val func(measure) float64) (*plot.Plot, error) {
 		p := plot.New()
 		p.Title.Text = title
 		p.X.Label.Text = "paths in the tree"
@@ -36,7 +104,7 @@ func plotResults(all []*SizeResult, path string) error {
 		p.Legend.Left = true
 		var args []any
 		var killed plotter.XYs
-		for _, name := range toolNames() {
+		for _, name := range tools {
 			var pts plotter.XYs
 			for _, r := range all {
 				for _, t := range r.Copy {
@@ -67,11 +135,11 @@ func plotResults(all []*SizeResult, path string) error {
 		p.Add(plotter.NewGrid())
 		return p, nil
 	}
-	wall, err := mk("copy wall time (lower is better)", "seconds", func(m Measure) float64 { return m.Wall })
+	wall, err := mk("copy wall time (lower is better)", "seconds", func(m measure) float64 { return m.Wall })
 	if err != nil {
 		return err
 	}
-	rss, err := mk("peak RSS of the process tree (flat is bounded)", "MiB", func(m Measure) float64 { return float64(m.PeakRSS) / (1 << 20) })
+	rss, err := mk("peak RSS of the process tree (flat is bounded)", "MiB", func(m measure) float64 { return float64(m.PeakRSS) / (1 << 20) })
 	if err != nil {
 		return err
 	}
@@ -84,7 +152,7 @@ func plotResults(all []*SizeResult, path string) error {
 	canvases := plot.Align(plots, tiles, dc)
 	wall.Draw(canvases[0][0])
 	rss.Draw(canvases[0][1])
-	w, err := createFile(path)
+	w, err := os.Create(path)
 	if err != nil {
 		return err
 	}
