@@ -15,10 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"hlcp/internal/msg"
 	"io"
 	"sync"
-
-	"hlcp/internal/fsx"
 )
 
 const (
@@ -46,7 +45,7 @@ type DamageError struct {
 }
 
 func (e *DamageError) Error() string {
-	return fmt.Sprintf("%s is damaged at byte %d: %s", fsx.Quote(e.File), e.Offset, e.Why)
+	return fmt.Sprintf("%s is damaged at byte %d: %s", msg.Quote(e.File), e.Offset, e.Why)
 }
 
 func (e *DamageError) Unwrap() error { return ErrDamaged }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 	"io"
 	"os"
 	"sync"
@@ -172,7 +173,7 @@ func (c *Copier) Fatal() error {
 
 func (c *Copier) fail(dir uint32, name []byte, err error) {
 	if isFatal(err) {
-		c.setFatal(fmt.Errorf("%s: %w", fsx.Quote(c.dirs.Rel(dir, name)), err))
+		c.setFatal(fmt.Errorf("%s: %w", msg.Quote(c.dirs.Rel(dir, name)), err))
 		return
 	}
 	c.Stats.Errors.Add(1)

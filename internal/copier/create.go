@@ -82,7 +82,10 @@ func checkInode(st *unix.Stat_t, e plan.Entry, devMap map[uint64]uint64) error {
 	return nil
 }
 
-func sameState(a, b *unix.Stat_t) bool {
+// unchangedWhileCopied reports whether two stats of a source file, before
+// and after its data was copied, show the same size, mtime and ctime: the
+// copy is of one state of the file.
+func unchangedWhileCopied(a, b *unix.Stat_t) bool {
 	return a.Size == b.Size && a.Mtim == b.Mtim && a.Ctim == b.Ctim
 }
 
@@ -144,7 +147,7 @@ func (w *worker) copyFile(spfd, dpfd, sfd int, src plan.Entry, name string, st *
 			unix.Close(dfd)
 			return fmt.Errorf("stat: %w", e2)
 		}
-		if err != nil || !sameState(st, &after) {
+		if err != nil || !unchangedWhileCopied(st, &after) {
 			*st = after
 			if attempt < c.opt.Retries {
 				unix.Close(dfd)

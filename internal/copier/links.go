@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -217,10 +218,10 @@ func (w *worker) linkOne(l *plan.Link) {
 			w.extraCopy(&ls, e)
 			return
 		case errors.Is(err, unix.ENOENT):
-			c.fail(e.Dir, e.Name, fmt.Errorf("not linked to %s, which was not copied (see its error): %w", fsx.Quote(c.dirs.Rel(ls.dir, ls.name)), err))
+			c.fail(e.Dir, e.Name, fmt.Errorf("not linked to %s, which was not copied (see its error): %w", msg.Quote(c.dirs.Rel(ls.dir, ls.name)), err))
 			return
 		default:
-			c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", fsx.Quote(c.dirs.Rel(ls.dir, ls.name)), err))
+			c.fail(e.Dir, e.Name, fmt.Errorf("link to %s: %w", msg.Quote(c.dirs.Rel(ls.dir, ls.name)), err))
 			return
 		}
 	}

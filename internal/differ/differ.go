@@ -18,6 +18,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hlcp/internal/msg"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -135,7 +136,7 @@ func (d Diff) MarshalJSON() ([]byte, error) {
 	}
 	p := plain{Code: d.Code, Path: d.Path, Detail: strings.ToValidUTF8(d.Detail, "\ufffd")}
 	if !utf8.ValidString(d.Path) {
-		p.Path, p.PathBytes = fsx.Quote(d.Path), []byte(d.Path)
+		p.Path, p.PathBytes = msg.Quote(d.Path), []byte(d.Path)
 	}
 	return json.Marshal(p)
 }

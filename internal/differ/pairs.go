@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"hlcp/internal/msg"
 	"io"
 	"sync/atomic"
 
@@ -55,7 +56,7 @@ func (r *run) pairs() error {
 			first = append(first, rec...)
 		} else if !bytes.Equal(first[16:32], rec[16:32]) {
 			peer := pairKey(first)
-			r.diff(CodeSplit, key, src, dst, peer[:len(peer)-1], "shares an inode with %s in SRC but not in DST", fsx.Quote(keyPath(peer)))
+			r.diff(CodeSplit, key, src, dst, peer[:len(peer)-1], "shares an inode with %s in SRC but not in DST", msg.Quote(keyPath(peer)))
 		}
 		if len(cur) > 0 && bytes.Equal(cur[:pairHead], rec[:pairHead]) {
 			pending.others++ // same pair: compared once
@@ -132,7 +133,7 @@ func (r *run) reverse() error {
 			dst := Node{Dev: be.Uint64(rec), Ino: be.Uint64(rec[8:])}
 			src := Node{Dev: be.Uint64(rec[16:]), Ino: be.Uint64(rec[24:])}
 			peer := first[pairHead:]
-			r.diff(CodeJoined, rec[pairHead:], src, dst, peer[:len(peer)-1], "shares an inode with %s in DST but not in SRC", fsx.Quote(keyPath(peer)))
+			r.diff(CodeJoined, rec[pairHead:], src, dst, peer[:len(peer)-1], "shares an inode with %s in DST but not in SRC", msg.Quote(keyPath(peer)))
 		}
 		return nil
 	})

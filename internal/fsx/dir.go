@@ -3,6 +3,7 @@ package fsx
 import (
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 	"io"
 	"os"
 	"path/filepath"
@@ -26,7 +27,7 @@ type Dir struct {
 func OpenDir(path string) (*Dir, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: Quote(path), Err: notDirErr(err)}
+		return nil, &os.PathError{Op: "open", Path: msg.Quote(path), Err: notDirErr(err)}
 	}
 	return &Dir{fd: fd, path: path}, nil
 }
@@ -45,7 +46,7 @@ func DirAt(parent int, name, path string) (*Dir, error) {
 		if errors.Is(err, unix.ENOTDIR) && unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
 			err = unix.ELOOP
 		}
-		return nil, &os.PathError{Op: "open", Path: Quote(path), Err: notDirErr(err)}
+		return nil, &os.PathError{Op: "open", Path: msg.Quote(path), Err: notDirErr(err)}
 	}
 	return &Dir{fd: fd, path: path}, nil
 }
@@ -107,7 +108,7 @@ func (d *Dir) Stat() (unix.Stat_t, error) {
 // pathErr is an error about name in d; the path in it is quoted where it
 // needs to be (see Quote), for messages that stay one line.
 func (d *Dir) pathErr(op, name string, err error) error {
-	return &os.PathError{Op: op, Path: Quote(d.Join(name)), Err: err}
+	return &os.PathError{Op: op, Path: msg.Quote(d.Join(name)), Err: err}
 }
 
 // Create makes a new regular file name in d (O_EXCL: it must not exist;
@@ -235,7 +236,7 @@ func (d *Dir) Rename(old, new string) error {
 		return err
 	}
 	if err := unix.Renameat(d.fd, old, d.fd, new); err != nil {
-		return &os.LinkError{Op: "rename", Old: Quote(d.Join(old)), New: Quote(d.Join(new)), Err: err}
+		return &os.LinkError{Op: "rename", Old: msg.Quote(d.Join(old)), New: msg.Quote(d.Join(new)), Err: err}
 	}
 	return nil
 }
@@ -266,7 +267,7 @@ func (d *Dir) Rmdir(name string) error {
 func (d *Dir) Names() ([]string, error) {
 	fd, err := unix.Openat(d.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: Quote(d.path), Err: err}
+		return nil, &os.PathError{Op: "open", Path: msg.Quote(d.path), Err: err}
 	}
 	f := os.NewFile(uintptr(fd), d.path)
 	defer f.Close()
@@ -276,7 +277,7 @@ func (d *Dir) Names() ([]string, error) {
 // Sync makes d's entries durable (fsync of the directory).
 func (d *Dir) Sync() error {
 	if err := unix.Fsync(d.fd); err != nil {
-		return &os.PathError{Op: "fsync", Path: Quote(d.path), Err: err}
+		return &os.PathError{Op: "fsync", Path: msg.Quote(d.path), Err: err}
 	}
 	return nil
 }
@@ -317,26 +318,10 @@ func (d *Dir) RemoveOwn(name string, own func(string) bool) error {
 		}
 	}
 	if len(foreign) > 0 {
-		return fmt.Errorf("%s holds entries hlcp did not make, left as they are: %s", Quote(sub.path), quoteList(foreign, 5))
+		return fmt.Errorf("%s holds entries hlcp did not make, left as they are: %s", msg.Quote(sub.path), msg.QuoteList(foreign, 5))
 	}
 	if err := d.Rmdir(name); err != nil && !errors.Is(err, unix.ENOENT) {
 		return err
 	}
 	return nil
-}
-
-// quoteList quotes up to max names, and says how many more there are.
-func quoteList(names []string, max int) string {
-	var b []byte
-	for i, n := range names {
-		if i == max {
-			b = fmt.Appendf(b, " and %d more", len(names)-max)
-			break
-		}
-		if i > 0 {
-			b = append(b, ", "...)
-		}
-		b = append(b, Quote(n)...)
-	}
-	return string(b)
 }

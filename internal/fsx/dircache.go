@@ -2,6 +2,7 @@ package fsx
 
 import (
 	"fmt"
+	"hlcp/internal/msg"
 	"os"
 	"strconv"
 	"strings"
@@ -234,7 +235,7 @@ var noOpenat2 atomic.Bool
 // well). A name with a '/' or a ".." is refused.
 func OpenBeneath(dirfd int, name string, flags int) (int, error) {
 	if name == "" || name == "." || name == ".." || strings.IndexByte(name, '/') >= 0 {
-		return -1, fmt.Errorf("bad path component %s: %w", Quote(name), unix.EINVAL)
+		return -1, fmt.Errorf("bad path component %s: %w", msg.Quote(name), unix.EINVAL)
 	}
 	flags |= unix.O_NOFOLLOW | unix.O_CLOEXEC
 	if !noOpenat2.Load() {

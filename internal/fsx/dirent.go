@@ -1,7 +1,9 @@
-// Package fsx holds the Linux file-system primitives the pipeline stages share:
-// getdents parsing, file types, data copy (reflink, copy_file_range, holes),
-// xattr copy and a bounded cache of directory fds reached without following
-// symlinks.
+// Package fsx owns the Linux file-system primitives the pipeline stages
+// share: a directory used only through its fd (Dir), getdents parsing and
+// file types, data copy (reflink, copy_file_range, holes, O_DIRECT from the
+// mapped source, sendfile), a minimal io_uring for batches of linkat, xattr
+// copy, and a bounded cache of directory fds reached without following
+// symlinks. It knows nothing of plans, jobs or budgets.
 package fsx
 
 import (

@@ -1,6 +1,10 @@
-// Package job runs whole commands (copy, move, verify, status) as a
-// sequence of the pipeline's stages, with the journal, progress display,
-// error list and summary around them.
+// Package job owns the commands (copy, move, verify, status) as sequences
+// of the pipeline's stages, with the journal, progress display, error list
+// and summary around them. copy.go is the runner; resume.go decides, before
+// anything is written, whether a command resumes a job, starts one or is
+// refused; phases.go runs the stages in order with their checkpoints;
+// rerun.go answers a rerun of a finished command; summary.go reports the
+// end; status.go and verify.go are the other commands.
 package job
 
 import (

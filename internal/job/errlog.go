@@ -3,6 +3,7 @@ package job
 import (
 	"bufio"
 	"fmt"
+	"hlcp/internal/msg"
 	"io"
 	"os"
 	"sync"
@@ -37,7 +38,7 @@ func newErrLog(rep *progress.Reporter, dir *fsx.Dir) (*errLog, error) {
 }
 
 func (e *errLog) add(rel string, err error) {
-	line := fmt.Sprintf("%s: %v", fsx.Quote(rel), err)
+	line := fmt.Sprintf("%s: %v", msg.Quote(rel), err)
 	e.mu.Lock()
 	e.n++
 	if !e.closed {

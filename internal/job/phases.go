@@ -3,6 +3,7 @@ package job
 import (
 	"encoding/json"
 	"fmt"
+	"hlcp/internal/msg"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -304,7 +305,7 @@ func (r *runner) remapDevices() error {
 		}
 		if _, ok := r.srcDevMap[d.Dev]; !ok {
 			r.srcDevMap[d.Dev] = st.Dev
-			r.rep.Logf("the filesystem mounted at %s has device %d:%d now, %d:%d at the scan", fsx.Quote(r.dirs.Rel(d.ID, nil)),
+			r.rep.Logf("the filesystem mounted at %s has device %d:%d now, %d:%d at the scan", msg.Quote(r.dirs.Rel(d.ID, nil)),
 				unix.Major(st.Dev), unix.Minor(st.Dev), unix.Major(d.Dev), unix.Minor(d.Dev))
 		}
 		return nil
@@ -523,7 +524,7 @@ func (r *runner) finishJob() (int, error) {
 	}
 	r.printSummary(code)
 	if r.keepState {
-		fmt.Fprintf(r.o.Stderr, "hlcp: the move is not finished: the paths listed are still in SRC; its state is kept in %s: deal with them and rerun the same command\n", fsx.Quote(r.j.Dir))
+		fmt.Fprintf(r.o.Stderr, "hlcp: the move is not finished: the paths listed are still in SRC; its state is kept in %s: deal with them and rerun the same command\n", msg.Quote(r.j.Dir))
 	}
 	return code, nil
 }
@@ -572,7 +573,7 @@ func (r *runner) removeSrcRoot() error {
 		return err
 	}
 	if now.Dev != want.Dev || now.Ino != want.Ino {
-		return fmt.Errorf("%s no longer names the directory that was moved", fsx.Quote(r.o.Src))
+		return fmt.Errorf("%s no longer names the directory that was moved", msg.Quote(r.o.Src))
 	}
 	return unix.Unlinkat(pfd, filepath.Base(abs), unix.AT_REMOVEDIR)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 	"os"
 	"strings"
 
@@ -33,15 +34,15 @@ func (r *runner) finishedRerun() (int, error) {
 	if o.Move {
 		empty, err := emptyDir(r.srcFd, "")
 		if err != nil {
-			return ExitUsage, usagef("SRC %s: %v", fsx.Quote(o.Src), err)
+			return ExitUsage, usagef("SRC %s: %w", msg.Quote(o.Src), err)
 		}
 		if empty {
 			return r.alreadyDone("nothing left to move: SRC is empty (a finished move leaves it so)")
 		}
-		return ExitUsage, usagef("DST %s is not empty and holds no unfinished job (hlcp move moves SRC into a new or empty DST, or finishes its own job there)", fsx.Quote(o.Dst))
+		return ExitUsage, usagef("DST %s is not empty and holds no unfinished job (hlcp move moves SRC into a new or empty DST, or finishes its own job there)", msg.Quote(o.Dst))
 	}
 	refuse := func(why string) (int, error) {
-		return ExitUsage, usagef("DST %s is not empty, holds no unfinished job, and is not a copy of SRC (%s): hlcp copy makes a new or empty DST an exact copy of SRC", fsx.Quote(o.Dst), why)
+		return ExitUsage, usagef("DST %s is not empty, holds no unfinished job, and is not a copy of SRC (%s): hlcp copy makes a new or empty DST an exact copy of SRC", msg.Quote(o.Dst), why)
 	}
 	// A finished copy has the same names at the top: a DST that does not
 	// (another tree, a wrong path) is refused without reading it all.
@@ -54,7 +55,7 @@ func (r *runner) finishedRerun() (int, error) {
 			return refuse("not compared: the temporary directory is inside it")
 		}
 	}
-	r.rep.Logf("DST %s is not empty and holds no unfinished job: checking whether it already is a copy of SRC", fsx.Quote(o.Dst))
+	r.rep.Logf("DST %s is not empty and holds no unfinished job: checking whether it already is a copy of SRC", msg.Quote(o.Dst))
 	var dirTimes []string
 	var other []differ.Diff
 	var nOther int64
@@ -74,7 +75,7 @@ func (r *runner) finishedRerun() (int, error) {
 	}))
 	r.rep.End()
 	if err != nil {
-		return ExitUsage, usagef("DST %s is not empty, and it could not be compared with SRC: %v", fsx.Quote(o.Dst), err)
+		return ExitUsage, usagef("DST %s is not empty, and it could not be compared with SRC: %w", msg.Quote(o.Dst), err)
 	}
 	if nOther == 0 {
 		var notDir []differ.Diff
@@ -89,24 +90,24 @@ func (r *runner) finishedRerun() (int, error) {
 	if nOther > 0 {
 		var shown []string
 		for _, d := range other[:min(len(other), 3)] {
-			shown = append(shown, d.Code+" "+fsx.Quote(d.Path))
+			shown = append(shown, d.Code+" "+msg.Quote(d.Path))
 		}
 		return refuse(fmt.Sprintf("%s differences, such as %s; `hlcp verify SRC DST` lists them", progress.Count(nOther+int64(len(dirTimes))), strings.Join(shown, ", ")))
 	}
 	if err := r.syncDst(); err != nil {
 		return ExitStopped, err
 	}
-	msg := fmt.Sprintf("already complete: DST is an exact copy of SRC (%s paths compared)", progress.Count(res.Matched))
+	done := fmt.Sprintf("already complete: DST is an exact copy of SRC (%s paths compared)", progress.Count(res.Matched))
 	if len(dirTimes) > 0 {
-		msg += fmt.Sprintf("; the times of %s directories were set again", progress.Count(int64(len(dirTimes))))
+		done += fmt.Sprintf("; the times of %s directories were set again", progress.Count(int64(len(dirTimes))))
 	}
-	return r.alreadyDone(msg)
+	return r.alreadyDone(done)
 }
 
 // alreadyDone reports a rerun that found nothing to do, and succeeds.
-func (r *runner) alreadyDone(msg string) (int, error) {
+func (r *runner) alreadyDone(why string) (int, error) {
 	r.rep.Close()
-	r.sum.AlreadyDone = msg
+	r.sum.AlreadyDone = why
 	r.fillSummary()
 	s := &r.sum
 	s.ExitCode = ExitOK
@@ -114,7 +115,7 @@ func (r *runner) alreadyDone(msg string) (int, error) {
 		b, _ := json.Marshal(s)
 		fmt.Fprintf(r.o.Stdout, "%s\n", b)
 	} else if !r.o.Quiet {
-		fmt.Fprintf(r.o.Stdout, "hlcp %s %s -> %s: %s\n", s.Command, fsx.Quote(s.Src), fsx.Quote(s.Dst), msg)
+		fmt.Fprintf(r.o.Stdout, "hlcp %s %s -> %s: %s\n", s.Command, msg.Quote(s.Src), msg.Quote(s.Dst), why)
 	}
 	return ExitOK, nil
 }
@@ -210,12 +211,12 @@ func topDiffers(srcFd, dstFd int) string {
 	}
 	for n := range a {
 		if !b[n] {
-			return fmt.Sprintf("%s is only in SRC", fsx.Quote(n))
+			return fmt.Sprintf("%s is only in SRC", msg.Quote(n))
 		}
 	}
 	for n := range b {
 		if !a[n] {
-			return fmt.Sprintf("%s is only in DST", fsx.Quote(n))
+			return fmt.Sprintf("%s is only in DST", msg.Quote(n))
 		}
 	}
 	return ""

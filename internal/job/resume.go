@@ -3,6 +3,7 @@ package job
 import (
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 	"io"
 	"os"
 	"path/filepath"
@@ -21,13 +22,13 @@ func (r *runner) preflight() error {
 		return err
 	}
 	if in, err := inside(o.Dst, o.Src); err != nil {
-		return usagef("check DST: %v", err)
+		return usagef("check DST: %w", err)
 	} else if in {
-		return usagef("DST %s is inside SRC %s", fsx.Quote(o.Dst), fsx.Quote(o.Src))
+		return usagef("DST %s is inside SRC %s", msg.Quote(o.Dst), msg.Quote(o.Src))
 	}
 	if o.State != "" {
 		if in, _ := inside(o.State, o.Src); in {
-			return usagef("--state %s is inside SRC %s", fsx.Quote(o.State), fsx.Quote(o.Src))
+			return usagef("--state %s is inside SRC %s", msg.Quote(o.State), msg.Quote(o.Src))
 		}
 		// A state directory of the user's inside DST could collide with
 		// a directory of the copy (and be removed at the end with it);
@@ -39,10 +40,10 @@ func (r *runner) preflight() error {
 			in = st == d || strings.HasPrefix(st, d+"/")
 		}
 		if in {
-			return usagef("--state %s is inside DST %s: leave --state out to keep the state in DST/%s, or give a directory outside DST", fsx.Quote(o.State), fsx.Quote(o.Dst), StateName)
+			return usagef("--state %s is inside DST %s: leave --state out to keep the state in DST/%s, or give a directory outside DST", msg.Quote(o.State), msg.Quote(o.Dst), StateName)
 		}
 		if b := filepath.Base(absPath(o.State)); b == "/" || b == "." || b == ".." {
-			return usagef("--state %s: give a directory for the state, not a root", fsx.Quote(o.State))
+			return usagef("--state %s: give a directory for the state, not a root", msg.Quote(o.State))
 		}
 	} else if _, err := os.Lstat(filepath.Join(o.Src, StateName)); err == nil {
 		return usagef("SRC has an entry named %s, which hlcp uses for its state inside DST: pass --state DIR to keep the state elsewhere", StateName)
@@ -54,7 +55,7 @@ func (r *runner) preflight() error {
 func (r *runner) openDst() error {
 	fd, err := unix.Open(r.o.Dst, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return usagef("open DST %s: %v", fsx.Quote(r.o.Dst), err)
+		return usagef("open DST %s: %w", msg.Quote(r.o.Dst), err)
 	}
 	r.dstFd = fd
 	return nil
@@ -75,7 +76,7 @@ func (r *runner) statePlace() (p journal.Place, ok bool, err error) {
 		abs := absPath(r.o.State)
 		fd, err := unix.Open(filepath.Dir(abs), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return p, false, usagef("--state %s: its parent directory: %v", fsx.Quote(r.o.State), err)
+			return p, false, usagef("--state %s: its parent directory: %w", msg.Quote(r.o.State), err)
 		}
 		r.stateParent = fd
 	}
@@ -89,7 +90,7 @@ func (r *runner) openJob() (int, error) {
 	o := &r.o
 	fd, err := unix.Open(o.Src, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return ExitUsage, usagef("open SRC %s: %v", fsx.Quote(o.Src), err)
+		return ExitUsage, usagef("open SRC %s: %w", msg.Quote(o.Src), err)
 	}
 	r.srcFd = fd
 	exists, err := dstExists(o.Dst)
@@ -106,7 +107,7 @@ func (r *runner) openJob() (int, error) {
 			stateName = ""
 		}
 		if empty, err = emptyDir(r.dstFd, stateName); err != nil {
-			return ExitUsage, usagef("DST %s: %v", fsx.Quote(o.Dst), err)
+			return ExitUsage, usagef("DST %s: %w", msg.Quote(o.Dst), err)
 		}
 	}
 	place, ok, err := r.statePlace()
@@ -117,47 +118,14 @@ func (r *runner) openJob() (int, error) {
 	restarted := false
 	if ok {
 		r.place = place
-		old, err = journal.Open(place, false)
-		var de *journal.DamagedError
-		var ue *journal.UnsafeError
-		switch {
-		case errors.Is(err, journal.ErrNoJob):
-			old = nil
-			if place.InDst {
-				// What a crash while a state was made, or removed, left
-				// (hlcp's marker at most) goes, so that DST is compared
-				// without it.
-				if err := journal.Discard(place); err != nil {
-					return ExitUsage, usagef("%v", err)
-				}
-			}
-		case errors.As(err, &ue):
-			return ExitUsage, usagef("%v; hlcp keeps its state only in a directory of its own (owned by root or by you, mode 0700): move it away, or give another with --state", err)
-		case errors.As(err, &de):
-			if code, err := r.damagedState(de); code >= 0 {
-				return code, err
-			}
-			restarted = true
-		case err != nil:
-			return ExitUsage, usagef("read the job state: %v", err)
-		}
-	}
-	if old != nil {
-		if code, err := r.existingJob(old); code >= 0 {
-			old.Close()
+		var code int
+		if old, restarted, code, err = r.findJob(place); code >= 0 {
 			return code, err
-		}
-		if o.Restart {
-			old.Close()
-			if err := journal.Discard(place); err != nil {
-				return ExitUsage, usagef("discard the old state: %v", err)
-			}
-			old, restarted = nil, true
 		}
 	}
 	if old != nil && !exists {
 		old.Close()
-		return ExitUsage, usagef("the job in --state %s is for DST %s, which does not exist: rerun that job's command with its DST, or pass --restart to start over", fsx.Quote(o.State), fsx.Quote(o.Dst))
+		return ExitUsage, usagef("the job in --state %s is for DST %s, which does not exist: rerun that job's command with its DST, or pass --restart to start over", msg.Quote(o.State), msg.Quote(o.Dst))
 	}
 	if restarted {
 		empty = true // what is there is the old job's partial copy: overwritten
@@ -167,7 +135,7 @@ func (r *runner) openJob() (int, error) {
 	}
 	if !exists {
 		if err := os.Mkdir(o.Dst, 0o700); err != nil {
-			return ExitUsage, usagef("create DST: %v", err)
+			return ExitUsage, usagef("create DST: %w", err)
 		}
 		if err := r.openDst(); err != nil {
 			return ExitUsage, err
@@ -210,6 +178,48 @@ func (r *runner) openJob() (int, error) {
 	return -1, nil
 }
 
+// findJob opens the state at place and decides what becomes of it: a job
+// to resume (old), none (nil), or one discarded (restarted: --restart, or
+// a damaged state --restart may discard). code >= 0 is a refusal.
+func (r *runner) findJob(place journal.Place) (old *journal.Journal, restarted bool, code int, err error) {
+	old, err = journal.Open(place, false)
+	var de *journal.DamagedError
+	var ue *journal.UnsafeError
+	switch {
+	case errors.Is(err, journal.ErrNoJob):
+		if place.InDst {
+			// What a crash while a state was made, or removed, left
+			// (hlcp's marker at most) goes, so that DST is compared
+			// without it.
+			if err := journal.Discard(place); err != nil {
+				return nil, false, ExitUsage, usagef("%w", err)
+			}
+		}
+		return nil, false, -1, nil
+	case errors.As(err, &ue):
+		return nil, false, ExitUsage, usagef("%w; hlcp keeps its state only in a directory of its own (owned by root or by you, mode 0700): move it away, or give another with --state", err)
+	case errors.As(err, &de):
+		if code, err := r.damagedState(de); code >= 0 {
+			return nil, false, code, err
+		}
+		return nil, true, -1, nil
+	case err != nil:
+		return nil, false, ExitUsage, usagef("read the job state: %w", err)
+	}
+	if code, err := r.existingJob(old); code >= 0 {
+		old.Close()
+		return nil, false, code, err
+	}
+	if r.o.Restart {
+		old.Close()
+		if err := journal.Discard(place); err != nil {
+			return nil, false, ExitUsage, usagef("discard the old state: %w", err)
+		}
+		return nil, true, -1, nil
+	}
+	return old, false, -1, nil
+}
+
 // movedWarning is the refusal to discard, or to overwrite, a DST that may
 // hold the only copy of what a move removed.
 func movedWarning(what string) string {
@@ -224,21 +234,21 @@ func movedWarning(what string) string {
 func (r *runner) damagedState(de *journal.DamagedError) (int, error) {
 	o := &r.o
 	if de.Foreign {
-		return ExitUsage, usagef("%v; hlcp keeps its state in a directory of its own: move that one away, or give another with --state", de)
+		return ExitUsage, usagef("%w; hlcp keeps its state in a directory of its own: move that one away, or give another with --state", de)
 	}
 	if !o.Restart {
 		if de.MayHoldMovedData() {
 			return ExitUsage, usagef("%s", movedWarning(de.Error()))
 		}
-		return ExitUsage, usagef("%v: the job cannot be resumed from it; pass --restart to discard it and copy again over what is in DST", de)
+		return ExitUsage, usagef("%w: the job cannot be resumed from it; pass --restart to discard it and copy again over what is in DST", de)
 	}
 	if de.MayHoldMovedData() && !o.DiscardMoved {
 		return ExitUsage, usagef("%s", movedWarning(de.Error()+" and --restart was given"))
 	}
 	if err := journal.Discard(r.place); err != nil {
-		return ExitUsage, usagef("discard the damaged state: %v", err)
+		return ExitUsage, usagef("discard the damaged state: %w", err)
 	}
-	r.rep.Logf("discarded the damaged job state in %s", fsx.Quote(r.place.Path))
+	r.rep.Logf("discarded the damaged job state in %s", msg.Quote(r.place.Path))
 	return -1, nil
 }
 
@@ -251,7 +261,7 @@ func (r *runner) existingJob(old *journal.Journal) (int, error) {
 		return -1, nil
 	}
 	if o.Restart || old.ID.Src != absPath(o.Src) || !o.Move {
-		return ExitUsage, usagef("%s", movedWarning(fmt.Sprintf("DST holds a move (`hlcp move %s %s`) that has already removed source paths", fsx.Quote(old.ID.Src), fsx.Quote(old.ID.Dst))))
+		return ExitUsage, usagef("%s", movedWarning(fmt.Sprintf("DST holds a move (`hlcp move %s %s`) that has already removed source paths", msg.Quote(old.ID.Src), msg.Quote(old.ID.Dst))))
 	}
 	return -1, nil
 }
@@ -269,14 +279,14 @@ func (r *runner) sameJob(old *journal.Journal, id journal.Identity) error {
 		}
 		return nil
 	}
-	started := fmt.Sprintf("`%s` (options %s)", rerunCommand(old.ID, r.o.State), fsx.Quote(old.ID.Options))
+	started := fmt.Sprintf("`%s` (options %s)", rerunCommand(old.ID, r.o.State), msg.Quote(old.ID.Options))
 	switch {
 	case oid.Command == nid.Command && oid.Src == nid.Src && oid.Dst == nid.Dst && oid.SrcIno != nid.SrcIno:
 		return usagef("SRC %s was recreated since the job %s started: its root is inode %d now, not %d, so the job's scan describes a tree that is gone. Pass --restart to copy the SRC that is there now",
-			fsx.Quote(r.o.Src), started, nid.SrcIno, oid.SrcIno)
+			msg.Quote(r.o.Src), started, nid.SrcIno, oid.SrcIno)
 	case oid.Command == nid.Command && oid.Src == nid.Src && oid.Dst == nid.Dst && oid.DstIno != nid.DstIno:
 		return usagef("DST %s was recreated since the job %s started (its root is inode %d now, not %d): its state in %s belongs to the old one. Pass --restart to start over",
-			fsx.Quote(r.o.Dst), started, nid.DstIno, oid.DstIno, fsx.Quote(old.Dir))
+			msg.Quote(r.o.Dst), started, nid.DstIno, oid.DstIno, msg.Quote(old.Dir))
 	}
 	return usagef("DST holds an unfinished job started as %s; rerun that command to finish it, or pass --restart to discard its state", started)
 }
@@ -290,17 +300,17 @@ func dstExists(dst string) (bool, error) {
 			parent := filepath.Dir(dst)
 			pfi, perr := os.Stat(parent)
 			if perr != nil || !pfi.IsDir() {
-				return false, usagef("DST %s: its parent directory %s does not exist", fsx.Quote(dst), fsx.Quote(parent))
+				return false, usagef("DST %s: its parent directory %s does not exist", msg.Quote(dst), msg.Quote(parent))
 			}
 			return false, nil
 		}
-		return false, usagef("DST %s: %v", fsx.Quote(dst), err)
+		return false, usagef("DST %s: %w", msg.Quote(dst), err)
 	}
 	if fi.Mode()&os.ModeSymlink != 0 {
-		return false, usagef("DST %s is a symlink; hlcp never follows symlinks: give the directory itself", fsx.Quote(dst))
+		return false, usagef("DST %s is a symlink; hlcp never follows symlinks: give the directory itself", msg.Quote(dst))
 	}
 	if !fi.IsDir() {
-		return false, usagef("DST %s exists and is not a directory", fsx.Quote(dst))
+		return false, usagef("DST %s exists and is not a directory", msg.Quote(dst))
 	}
 	return true, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 	"io"
 	"path/filepath"
 	"strings"
@@ -12,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/blockfile"
-	"hlcp/internal/fsx"
 	"hlcp/internal/journal"
 	"hlcp/internal/plan"
 	"hlcp/internal/progress"
@@ -50,7 +50,7 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	if stateDir == "" {
 		fd, err := unix.Open(dst, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return ExitUsage, usagef("DST %s: %v", fsx.Quote(dst), err)
+			return ExitUsage, usagef("DST %s: %w", msg.Quote(dst), err)
 		}
 		defer unix.Close(fd)
 		place = journal.Place{Parent: fd, Name: StateName, Path: filepath.Join(dst, StateName), InDst: true}
@@ -58,7 +58,7 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 		abs := absPath(stateDir)
 		fd, err := unix.Open(filepath.Dir(abs), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return ExitUsage, usagef("--state %s: its parent directory: %v", fsx.Quote(stateDir), err)
+			return ExitUsage, usagef("--state %s: its parent directory: %w", msg.Quote(stateDir), err)
 		}
 		defer unix.Close(fd)
 		place = journal.Place{Parent: fd, Name: filepath.Base(abs), Path: stateDir}
@@ -68,19 +68,19 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 		if asJSON {
 			fmt.Fprintln(w, `{"job":null}`)
 		} else {
-			fmt.Fprintf(w, "no unfinished hlcp job in %s (a finished job leaves no state)\n", fsx.Quote(place.Path))
+			fmt.Fprintf(w, "no unfinished hlcp job in %s (a finished job leaves no state)\n", msg.Quote(place.Path))
 		}
 		return StatusNoJob, nil
 	}
 	var de *journal.DamagedError
 	if errors.As(err, &de) {
 		if de.Foreign {
-			return ExitUsage, usagef("%v", de)
+			return ExitUsage, usagef("%w", de)
 		}
 		if de.MayHoldMovedData() {
 			return ExitUsage, usagef("%s", movedWarning(de.Error()))
 		}
-		return ExitUsage, usagef("%v: the job cannot be resumed from it; pass --restart to its command to discard it and copy again", de)
+		return ExitUsage, usagef("%w: the job cannot be resumed from it; pass --restart to its command to discard it and copy again", de)
 	}
 	if err != nil {
 		return ExitUsage, err
@@ -117,12 +117,12 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	c := progress.Count
 	fmt.Fprintf(w, "unfinished job: %s", rerunCommand(j.ID, stateDir))
 	if j.ID.Options != "" {
-		fmt.Fprintf(w, " (%s)", fsx.Quote(j.ID.Options))
+		fmt.Fprintf(w, " (%s)", msg.Quote(j.ID.Options))
 	}
-	fmt.Fprintf(w, "\n  state         %s\n", fsx.Quote(j.Dir))
+	fmt.Fprintf(w, "\n  state         %s\n", msg.Quote(j.Dir))
 	fmt.Fprintf(w, "  started       %s, %d run(s), last checkpoint %s (%s ago)\n",
 		j.Started.Local().Format(time.DateTime), j.Attempts, j.Updated.Local().Format(time.DateTime), progress.Duration(time.Since(j.Updated)))
-	phase := fsx.Quote(j.Phase)
+	phase := msg.Quote(j.Phase)
 	switch j.Phase {
 	case journal.PhaseScan:
 		phase += " (an interrupted scan starts again)"
@@ -142,7 +142,7 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	}
 	switch j.Phase {
 	case journal.PhaseCopy, journal.PhaseFinish, journal.PhaseRemove:
-		fmt.Fprintf(w, "  progress      %.1f%% of phase %s checkpointed (a rerun goes on from there)", 100*s.Fraction, fsx.Quote(j.Phase))
+		fmt.Fprintf(w, "  progress      %.1f%% of phase %s checkpointed (a rerun goes on from there)", 100*s.Fraction, msg.Quote(j.Phase))
 		if j.Phase == journal.PhaseCopy {
 			// Workers run ahead of the checkpoint: these are what the
 			// run had copied in all when it saved it.
@@ -152,7 +152,7 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 	}
 	fmt.Fprintf(w, "  errors        %s", c(s.Errors))
 	if s.ErrorLog != "" {
-		fmt.Fprintf(w, " (in %s)", fsx.Quote(s.ErrorLog))
+		fmt.Fprintf(w, " (in %s)", msg.Quote(s.ErrorLog))
 	}
 	fmt.Fprintf(w, "\nrerun `%s` to finish it", rerunCommand(j.ID, stateDir))
 	if j.MovedData() {
@@ -167,14 +167,14 @@ func Status(dst, stateDir string, asJSON bool, w io.Writer) (int, error) {
 // -x if it was given, --state when the state is not in DST, SRC and DST;
 // every word quoted where it needs to be.
 func rerunCommand(id journal.Identity, stateDir string) string {
-	cmd := "hlcp " + fsx.Quote(id.Command)
+	cmd := "hlcp " + msg.Quote(id.Command)
 	if strings.Contains(id.Options, "one-file-system=true") {
 		cmd += " -x"
 	}
 	if stateDir != "" {
-		cmd += " --state " + fsx.Quote(stateDir)
+		cmd += " --state " + msg.Quote(stateDir)
 	}
-	return cmd + " " + fsx.Quote(id.Src) + " " + fsx.Quote(id.Dst)
+	return cmd + " " + msg.Quote(id.Src) + " " + msg.Quote(id.Dst)
 }
 
 // planShare is how far the plan offset off is into the job's plan file

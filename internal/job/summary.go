@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 	"os"
 	"strings"
 	"time"
@@ -11,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/blockfile"
-	"hlcp/internal/fsx"
 	"hlcp/internal/journal"
 	"hlcp/internal/plan"
 	"hlcp/internal/progress"
@@ -77,29 +77,29 @@ func PeakRSS() int64 {
 func (r *runner) stop(err error) (int, error) {
 	r.fillSummary()
 	code := ExitStopped
-	msg := fmt.Sprintf("stopped in phase %s: %v", r.j.Phase, err)
-	advice := fmt.Sprintf("the job state is kept in %s; rerun the same command to resume", fsx.Quote(r.j.Dir))
+	what := fmt.Sprintf("stopped in phase %s: %v", r.j.Phase, err)
+	advice := fmt.Sprintf("the job state is kept in %s; rerun the same command to resume", msg.Quote(r.j.Dir))
 	switch {
 	case errors.Is(err, ErrInterrupted):
 		code = ExitInterrupted
-		msg = "interrupted"
+		what = "interrupted"
 	case errors.Is(err, blockfile.ErrDamaged):
 		// No later run may go on from this state: say so in it.
 		if serr := r.j.SetDamaged(err.Error()); serr != nil {
-			msg += fmt.Sprintf(" (and the state could not be marked damaged: %v)", serr)
+			what += fmt.Sprintf(" (and the state could not be marked damaged: %v)", serr)
 		}
-		advice = fmt.Sprintf("the job state in %s is damaged: the job cannot be resumed from it; pass --restart to discard it and copy again over what is in DST", fsx.Quote(r.j.Dir))
+		advice = fmt.Sprintf("the job state in %s is damaged: the job cannot be resumed from it; pass --restart to discard it and copy again over what is in DST", msg.Quote(r.j.Dir))
 		if r.j.MovedData() {
-			advice = movedWarning(fmt.Sprintf("the job state in %s is damaged", fsx.Quote(r.j.Dir)))
+			advice = movedWarning(fmt.Sprintf("the job state in %s is damaged", msg.Quote(r.j.Dir)))
 		}
 	case (errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)) && r.stateFull():
-		advice = fmt.Sprintf("the filesystem of the job's state (%s) is full: free space there and rerun the same command to resume", fsx.Quote(r.j.Dir))
+		advice = fmt.Sprintf("the filesystem of the job's state (%s) is full: free space there and rerun the same command to resume", msg.Quote(r.j.Dir))
 	case errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT):
-		advice = "the destination is full" + r.spaceNeeded() + ": free space (or move the job to a larger destination, see the README) and rerun the same command to resume; the job state is kept in " + fsx.Quote(r.j.Dir)
+		advice = "the destination is full" + r.spaceNeeded() + ": free space (or move the job to a larger destination, see the README) and rerun the same command to resume; the job state is kept in " + msg.Quote(r.j.Dir)
 	}
 	r.rep.Close()
 	r.printSummary(code)
-	return code, fmt.Errorf("%s\n%s", msg, advice)
+	return code, fmt.Errorf("%s\n%s", what, advice)
 }
 
 // stateFull reports whether what filled up is the state's own filesystem
@@ -196,7 +196,7 @@ func (r *runner) printSummary(code int) {
 	case ExitInterrupted:
 		status = "interrupted"
 	}
-	fmt.Fprintf(w, "hlcp %s %s -> %s: %s in %s\n", s.Command, fsx.Quote(s.Src), fsx.Quote(s.Dst), status, progress.Duration(s.Elapsed))
+	fmt.Fprintf(w, "hlcp %s %s -> %s: %s in %s\n", s.Command, msg.Quote(s.Src), msg.Quote(s.Dst), status, progress.Duration(s.Elapsed))
 	fmt.Fprintf(w, "  source        %s paths: %s directories, %s other paths (%s lstat'ed)\n",
 		c(s.Scan.Dirs+s.Scan.Entries), c(s.Scan.Dirs), c(s.Scan.Entries), c(s.Scan.Lstats))
 	fmt.Fprintf(w, "  inodes        %s (%s regular, %s symlinks, %s other); %s with several paths, largest %s paths\n",

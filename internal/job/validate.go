@@ -3,8 +3,8 @@ package job
 import (
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 
-	"hlcp/internal/fsx"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -52,16 +52,16 @@ func checkTree(role, p string) error {
 	fi, err := os.Lstat(p)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return usagef("%s %s does not exist", role, fsx.Quote(p))
+			return usagef("%s %s does not exist", role, msg.Quote(p))
 		}
-		return usagef("%s %s: %v", role, fsx.Quote(p), err)
+		return usagef("%s %s: %w", role, msg.Quote(p), err)
 	}
 	if fi.Mode()&os.ModeSymlink != 0 {
 		t, _ := os.Readlink(p)
-		return usagef("%s %s is a symlink (to %s); hlcp never follows symlinks: give the directory itself", role, fsx.Quote(p), fsx.Quote(t))
+		return usagef("%s %s is a symlink (to %s); hlcp never follows symlinks: give the directory itself", role, msg.Quote(p), msg.Quote(t))
 	}
 	if !fi.IsDir() {
-		return usagef("%s %s is not a directory (hlcp works on directory trees)", role, fsx.Quote(p))
+		return usagef("%s %s is not a directory (hlcp works on directory trees)", role, msg.Quote(p))
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 	"io"
 	"os"
 	"sort"
@@ -12,7 +13,6 @@ import (
 	"time"
 
 	"hlcp/internal/differ"
-	"hlcp/internal/fsx"
 	"hlcp/internal/progress"
 	"hlcp/internal/verify"
 )
@@ -47,7 +47,7 @@ func Verify(ctx context.Context, o VerifyOptions) (int, error) {
 	}
 	for _, t := range []struct{ role, p string }{{"SRC", o.Src}, {"DST", o.Dst}} {
 		if in, err := inside(tmp, t.p); err == nil && in {
-			return ExitUsage, usagef("the temporary directory %s is inside %s %s (verify never writes to the trees): give another with --tmp", fsx.Quote(tmp), t.role, fsx.Quote(t.p))
+			return ExitUsage, usagef("the temporary directory %s is inside %s %s (verify never writes to the trees): give another with --tmp", msg.Quote(tmp), t.role, msg.Quote(t.p))
 		}
 	}
 	start := time.Now()
@@ -91,7 +91,7 @@ func Verify(ctx context.Context, o VerifyOptions) (int, error) {
 func printVerifySummary(w io.Writer, o *VerifyOptions, res differ.Result, code int, elapsed time.Duration) {
 	c := progress.Count
 	verdict := map[int]string{ExitOK: "identical", ExitDiffer: "DIFFERENT", ExitPartial: "no difference found, but some paths could not be checked"}[code]
-	fmt.Fprintf(w, "hlcp verify %s %s: %s (%s)\n", fsx.Quote(o.Src), fsx.Quote(o.Dst), verdict, progress.Duration(elapsed))
+	fmt.Fprintf(w, "hlcp verify %s %s: %s (%s)\n", msg.Quote(o.Src), msg.Quote(o.Dst), verdict, progress.Duration(elapsed))
 	fmt.Fprintf(w, "  paths         %s in SRC, %s in DST, %s in both\n", c(res.SrcPaths), c(res.DstPaths), c(res.Matched))
 	content := "not compared (use --checksum)"
 	if res.Hashed > 0 {

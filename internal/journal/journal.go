@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"hlcp/internal/msg"
 	"os"
 	"strings"
 	"syscall"
@@ -164,7 +165,7 @@ type UnsafeError struct {
 }
 
 func (e *UnsafeError) Error() string {
-	return fmt.Sprintf("refusing the state directory %s: %s", fsx.Quote(e.Path), e.Why)
+	return fmt.Sprintf("refusing the state directory %s: %s", msg.Quote(e.Path), e.Why)
 }
 
 // DamagedError is a state that cannot be used: unreadable, of another
@@ -183,9 +184,9 @@ type DamagedError struct {
 
 func (e *DamagedError) Error() string {
 	if e.Foreign {
-		return fmt.Sprintf("%s is not an hlcp state directory (%v)", fsx.Quote(e.Path), e.Err)
+		return fmt.Sprintf("%s is not an hlcp state directory (%v)", msg.Quote(e.Path), e.Err)
 	}
-	return fmt.Sprintf("the job state in %s is damaged: %v", fsx.Quote(e.Path), e.Err)
+	return fmt.Sprintf("the job state in %s is damaged: %v", msg.Quote(e.Path), e.Err)
 }
 
 func (e *DamagedError) Unwrap() error { return e.Err }
@@ -492,7 +493,7 @@ func Create(p Place, id Identity) (*Journal, error) {
 	made := true
 	if err := unix.Mkdirat(p.Parent, p.Name, 0o700); err != nil {
 		if !errors.Is(err, unix.EEXIST) {
-			return nil, fmt.Errorf("create state directory %s: %w", fsx.Quote(p.Path), err)
+			return nil, fmt.Errorf("create state directory %s: %w", msg.Quote(p.Path), err)
 		}
 		made = false
 	}
@@ -506,7 +507,7 @@ func Create(p Place, id Identity) (*Journal, error) {
 	if !made {
 		names, err := d.Names()
 		if err == nil && !fresh(names) {
-			err = fmt.Errorf("state directory %s is not empty", fsx.Quote(p.Path))
+			err = fmt.Errorf("state directory %s is not empty", msg.Quote(p.Path))
 		}
 		if err != nil {
 			d.Close()

@@ -3,6 +3,7 @@ package journal
 import (
 	"errors"
 	"fmt"
+	"hlcp/internal/msg"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -115,7 +116,7 @@ func Discard(p Place) error {
 			// What a crash inside Create left: hlcp's own names only.
 			return removeState(d, p, p.InDst)
 		}
-		return fmt.Errorf("%s is not an hlcp state directory (%v): hlcp deletes nothing in it; remove it yourself if it is no longer needed", fsx.Quote(p.Path), err)
+		return fmt.Errorf("%s is not an hlcp state directory (%v): hlcp deletes nothing in it; remove it yourself if it is no longer needed", msg.Quote(p.Path), err)
 	}
 	return removeState(d, p, m.MadeDir || p.InDst)
 }
@@ -144,7 +145,7 @@ func removeState(d *fsx.Dir, p Place, rmdir bool) error {
 		}
 	}
 	if len(foreign) > 0 {
-		errs = append(errs, fmt.Errorf("%s holds entries hlcp did not make, left as they are: %s", fsx.Quote(d.Path()), strings.Join(quoteAll(foreign), ", ")))
+		errs = append(errs, fmt.Errorf("%s holds entries hlcp did not make, left as they are: %s", msg.Quote(d.Path()), strings.Join(quoteAll(foreign), ", ")))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -166,13 +167,13 @@ func removeState(d *fsx.Dir, p Place, rmdir bool) error {
 	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(p.Parent, p.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("remove state directory %s: %w", fsx.Quote(p.Path), err)
+		return fmt.Errorf("remove state directory %s: %w", msg.Quote(p.Path), err)
 	}
 	if st.Dev != self.Dev || st.Ino != self.Ino {
-		return fmt.Errorf("remove state directory %s: the name no longer holds it", fsx.Quote(p.Path))
+		return fmt.Errorf("remove state directory %s: the name no longer holds it", msg.Quote(p.Path))
 	}
 	if err := unix.Unlinkat(p.Parent, p.Name, unix.AT_REMOVEDIR); err != nil {
-		return fmt.Errorf("remove state directory %s: %w", fsx.Quote(p.Path), err)
+		return fmt.Errorf("remove state directory %s: %w", msg.Quote(p.Path), err)
 	}
 	return nil
 }
@@ -184,7 +185,7 @@ func quoteAll(names []string) []string {
 			out = append(out, fmt.Sprintf("and %d more", len(names)-10))
 			break
 		}
-		out = append(out, fsx.Quote(n))
+		out = append(out, msg.Quote(n))
 	}
 	return out
 }

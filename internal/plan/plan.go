@@ -44,133 +44,165 @@ type Stats struct {
 // When ctx ends, Build stops and returns its cause (nothing is renamed into
 // place: a rerun sorts again).
 func Build(ctx context.Context, runs []extsort.Run, tmp, out *fsx.Dir, memBytes int, progress func(int64)) (Stats, map[string]blockfile.Info, error) {
-	var st Stats
 	if err := RemoveTemp(tmp, linkRunsDir); err != nil {
-		return st, nil, err
+		return Stats{}, nil, err
 	}
 	ldir, err := tmp.Mkdir(linkRunsDir)
 	if err != nil {
-		return st, nil, err
+		return Stats{}, nil, err
 	}
 	defer func() {
 		RemoveTemp(tmp, linkRunsDir)
 		ldir.Close()
 	}()
-	links := extsort.New(ldir, memBytes/2, false)
-	var (
-		first  Entry // the current group's first path
-		fname  []byte
-		lrec   []byte
-		lbatch [][]byte
-		lbuf   []byte
-	)
-	flushLinks := func() error {
-		err := links.AddBatch(lbatch)
-		lbatch, lbuf = lbatch[:0], lbuf[:0]
-		return err
-	}
 	w, err := newSealed(out, PlanFile)
 	if err != nil {
-		return st, nil, err
+		return Stats{}, nil, err
 	}
 	defer w.abort()
-
-	// The merge streams the records; this side counts the groups as they
-	// go past and writes them to the plan file.
+	b := &builder{plan: w, links: linkSorter{s: extsort.New(ldir, memBytes/2, false)}}
+	// The merge streams the records; the builder counts the groups as
+	// they go past and writes them to the plan file.
 	r, wait := extsort.MergeStream(runs, tmp, memBytes, progress)
-	var prev, frame []byte
-	var cur int64
-	endGroup := func() {
-		if cur > 1 {
-			st.LinkGroups++
-		}
-		if cur > st.MaxLinks {
-			st.MaxLinks = cur
-		}
-	}
-	for {
-		rec, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			wait()
-			return st, nil, fmt.Errorf("build plan: %w", err)
-		}
-		if len(rec) <= EntryHeader {
-			wait()
-			return st, nil, fmt.Errorf("build plan: bad entry record of %d bytes", len(rec))
-		}
-		st.Paths++
-		if st.Paths%(64<<10) == 0 && ctx.Err() != nil {
-			wait()
-			return st, nil, context.Cause(ctx)
-		}
-		if prev == nil || !SameInode(prev, rec) {
-			if prev != nil {
-				endGroup()
-			}
-			st.Groups++
-			st.ByType[rec[20]&15]++
-			cur = 0
-			prev = append(prev[:0], rec...)
-			first, _ = DecodeEntry(prev)
-			fname = append(fname[:0], first.Name...)
-		} else {
-			e, _ := DecodeEntry(rec)
-			l := Link{Chunk: uint32((st.Groups - 1) / ChunkGroups), Dir: e.Dir, Name: e.Name, TDir: first.Dir, TName: fname, Dev: e.Dev, Ino: e.Ino, Type: e.Type}
-			lrec = AppendLink(lrec[:0], &l)
-			if len(lbuf)+len(lrec) > cap(lbuf) {
-				if err := flushLinks(); err != nil {
-					wait()
-					return st, nil, fmt.Errorf("sort links: %w", err)
-				}
-				if cap(lbuf) == 0 {
-					lbuf = make([]byte, 0, 256<<10)
-				}
-			}
-			start := len(lbuf)
-			lbuf = append(lbuf, lrec...)
-			lbatch = append(lbatch, lbuf[start:len(lbuf):len(lbuf)])
-			st.Links++
-		}
-		cur++
-		frame = extsort.AppendFrame(frame[:0], rec)
-		if _, err := w.Write(frame); err != nil {
-			wait()
-			return st, nil, err
-		}
-		w.records++
-	}
-	if prev != nil {
-		endGroup()
+	if err := b.take(ctx, r); err != nil {
+		wait()
+		return b.st, nil, err
 	}
 	if err := wait(); err != nil {
-		return st, nil, fmt.Errorf("merge entries: %w", err)
+		return b.st, nil, fmt.Errorf("merge entries: %w", err)
 	}
-	if err := flushLinks(); err != nil {
-		return st, nil, fmt.Errorf("sort links: %w", err)
-	}
-	lruns, _, _, err := links.Finish()
+	lruns, err := b.links.finish()
 	if err != nil {
-		return st, nil, fmt.Errorf("sort links: %w", err)
+		return b.st, nil, fmt.Errorf("sort links: %w", err)
 	}
 	files := make(map[string]blockfile.Info, 2)
 	lw, err := newSealed(out, LinksFile)
 	if err != nil {
-		return st, nil, err
+		return b.st, nil, err
 	}
 	defer lw.abort()
 	if lw.records, err = extsort.Merge(lruns, ldir, memBytes, lw, nil); err != nil {
-		return st, nil, fmt.Errorf("merge links: %w", err)
+		return b.st, nil, fmt.Errorf("merge links: %w", err)
 	}
 	if files[LinksFile], err = lw.commit(); err != nil {
-		return st, nil, err
+		return b.st, nil, err
 	}
 	if files[PlanFile], err = w.commit(); err != nil {
-		return st, nil, err
+		return b.st, nil, err
 	}
-	return st, files, nil
+	return b.st, files, nil
+}
+
+// builder is Build's side of the merge: it writes the plan, counts the
+// groups, and turns every path after the first of its group into a link.
+type builder struct {
+	st    Stats
+	plan  *sealed
+	links linkSorter
+	prev  []byte // the current group's first record
+	first Entry  // ... decoded (its name aliases prev)
+	cur   int64  // paths of the current group so far
+	frame []byte
+}
+
+// take reads the merged entries to the end.
+func (b *builder) take(ctx context.Context, r *extsort.Reader) error {
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			b.endGroup()
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("build plan: %w", err)
+		}
+		if len(rec) <= EntryHeader {
+			return fmt.Errorf("build plan: bad entry record of %d bytes", len(rec))
+		}
+		b.st.Paths++
+		if b.st.Paths%(64<<10) == 0 && ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		if err := b.add(rec); err != nil {
+			return err
+		}
+	}
+}
+
+// add takes one entry record: the first of a new group, or a link of the
+// current one; either way it goes to the plan file.
+func (b *builder) add(rec []byte) error {
+	if b.prev == nil || !SameInode(b.prev, rec) {
+		b.endGroup()
+		b.st.Groups++
+		b.st.ByType[rec[20]&15]++
+		b.cur = 0
+		b.prev = append(b.prev[:0], rec...)
+		b.first, _ = DecodeEntry(b.prev)
+	} else {
+		e, _ := DecodeEntry(rec)
+		l := Link{Chunk: uint32((b.st.Groups - 1) / ChunkGroups), Dir: e.Dir, Name: e.Name, TDir: b.first.Dir, TName: b.first.Name, Dev: e.Dev, Ino: e.Ino, Type: e.Type}
+		if err := b.links.add(&l); err != nil {
+			return fmt.Errorf("sort links: %w", err)
+		}
+		b.st.Links++
+	}
+	b.cur++
+	b.frame = extsort.AppendFrame(b.frame[:0], rec)
+	if _, err := b.plan.Write(b.frame); err != nil {
+		return err
+	}
+	b.plan.records++
+	return nil
+}
+
+func (b *builder) endGroup() {
+	if b.prev == nil {
+		return
+	}
+	if b.cur > 1 {
+		b.st.LinkGroups++
+	}
+	b.st.MaxLinks = max(b.st.MaxLinks, b.cur)
+}
+
+// linkSorter batches link records into their sort.
+type linkSorter struct {
+	s     *extsort.Sorter
+	rec   []byte
+	batch [][]byte
+	buf   []byte
+}
+
+func (ls *linkSorter) add(l *Link) error {
+	ls.rec = AppendLink(ls.rec[:0], l)
+	if len(ls.buf)+len(ls.rec) > cap(ls.buf) {
+		if err := ls.flush(); err != nil {
+			return err
+		}
+		if cap(ls.buf) == 0 {
+			ls.buf = make([]byte, 0, 256<<10)
+		}
+	}
+	start := len(ls.buf)
+	ls.buf = append(ls.buf, ls.rec...)
+	ls.batch = append(ls.batch, ls.buf[start:len(ls.buf):len(ls.buf)])
+	return nil
+}
+
+func (ls *linkSorter) flush() error {
+	err := ls.s.AddBatch(ls.batch)
+	ls.batch, ls.buf = ls.batch[:0], ls.buf[:0]
+	return err
+}
+
+// finish sorts what is left and returns the runs.
+func (ls *linkSorter) finish() ([]extsort.Run, error) {
+	if err := ls.flush(); err != nil {
+		return nil, err
+	}
+	runs, _, _, err := ls.s.Finish()
+	return runs, err
 }
 
 // sealed is a state file being written: sealed in checksummed blocks

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"hlcp/internal/msg"
 	"io"
 	"os"
 	"sort"
@@ -203,15 +204,15 @@ func (g *group) close() {
 	*g = group{}
 }
 
-// sameState reports whether two stats of one inode show the same content
+// sameInodeState reports whether two stats of one inode show the same content
 // and metadata state (a write, chmod, chown, xattr change or link count
 // change moves ctime).
-func sameState(a, b *unix.Stat_t) bool {
+func sameInodeState(a, b *unix.Stat_t) bool {
 	return a.Dev == b.Dev && a.Ino == b.Ino && a.Size == b.Size && a.Mtim == b.Mtim && a.Ctim == b.Ctim &&
 		a.Mode == b.Mode && a.Uid == b.Uid && a.Gid == b.Gid
 }
 
-// sameButCtime is sameState less ctime, which renaming an inode moves
+// sameButCtime is sameInodeState less ctime, which renaming an inode moves
 // (forward) on the usual filesystems.
 func sameButCtime(a, b *unix.Stat_t) bool {
 	return a.Dev == b.Dev && a.Ino == b.Ino && a.Size == b.Size && a.Mtim == b.Mtim &&
@@ -417,7 +418,7 @@ func (r *Remover) dstOf(e plan.Entry, name string) (int, unix.Stat_t, bool) {
 // a full comparison may let it go). trustCopy false (a leftover, whose
 // ctime the rename moved) always compares in full.
 func (r *Remover) decide(e plan.Entry, ss, ds *unix.Stat_t, g *group, trustCopy bool) (need, full, ok bool) {
-	if g.matched && trustCopy && ds.Dev == g.dstDev && ds.Ino == g.dstIno && sameState(ss, &g.expect) {
+	if g.matched && trustCopy && ds.Dev == g.dstDev && ds.Ino == g.dstIno && sameInodeState(ss, &g.expect) {
 		return false, false, true
 	}
 	full, why := r.changedSinceCopy(g.index, ss)
@@ -443,7 +444,7 @@ func (r *Remover) finish(spfd, dpfd int, e plan.Entry, name, q string, qs, ds *u
 		}
 	}
 	var last unix.Stat_t
-	if err := unix.Fstatat(spfd, q, &last, unix.AT_SYMLINK_NOFOLLOW); err != nil || !sameState(qs, &last) {
+	if err := unix.Fstatat(spfd, q, &last, unix.AT_SYMLINK_NOFOLLOW); err != nil || !sameInodeState(qs, &last) {
 		r.putBack(spfd, e, name, q, fmt.Errorf("changed while it was checked against its copy"))
 		return false
 	}
@@ -603,15 +604,15 @@ func (r *Remover) matchXattrs(spfd, dpfd int, sname, name string) error {
 	for i < len(sx) || j < len(dx) {
 		switch {
 		case j == len(dx) || i < len(sx) && sx[i].Name < dx[j].Name:
-			return fmt.Errorf("DST differs: it lacks the xattr %s", fsx.Quote(sx[i].Name))
+			return fmt.Errorf("DST differs: it lacks the xattr %s", msg.Quote(sx[i].Name))
 		case i == len(sx) || dx[j].Name < sx[i].Name:
 			if dx[j].Name != "security.selinux" {
-				return fmt.Errorf("DST differs: it has the xattr %s, which SRC has not", fsx.Quote(dx[j].Name))
+				return fmt.Errorf("DST differs: it has the xattr %s, which SRC has not", msg.Quote(dx[j].Name))
 			}
 			j++
 		default:
 			if !bytes.Equal(dx[j].Value, sx[i].Value) {
-				return fmt.Errorf("DST differs: xattr %s", fsx.Quote(sx[i].Name))
+				return fmt.Errorf("DST differs: xattr %s", msg.Quote(sx[i].Name))
 			}
 			i, j = i+1, j+1
 		}
@@ -658,7 +659,7 @@ func (r *Remover) compare(spfd, dpfd int, sname, name string, ss *unix.Stat_t) e
 				return fmt.Errorf("changed while compared (%d bytes, not %d)", off, size)
 			}
 			var st unix.Stat_t
-			if err := unix.Fstat(sfd, &st); err != nil || !sameState(&st, ss) {
+			if err := unix.Fstat(sfd, &st); err != nil || !sameInodeState(&st, ss) {
 				return fmt.Errorf("changed while compared")
 			}
 			return nil

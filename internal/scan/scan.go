@@ -313,94 +313,107 @@ func join(rel, name []byte) string {
 
 // process reads one directory and returns how many subdirectories it pushed.
 func (w *worker) process(it item) int {
-	s := w.s
 	var d plan.Dir
 	d.ID = it.id
-	var fd int
-	var st unix.Stat_t
-	var parentRel []byte
-	if it.parent == nil { // root
-		fd, st = w.rootFd, *w.rootSt
-		w.rel = w.rel[:0]
-	} else {
-		p := it.parent
-		parentRel = p.rel
-		d.Parent = p.id
-		d.Name = it.name
-		w.rel = append(w.rel[:0], p.rel...)
-		if len(w.rel) > 0 {
-			w.rel = append(w.rel, '/')
-		}
-		w.rel = append(w.rel, it.name...)
-		var err error
-		fd, err = fsx.OpenNoAtime(p.fd, string(it.name), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
-		if err != nil {
-			w.report(parentRel, it.name, fmt.Errorf("open directory: %w", err))
-			// Keep its metadata if it still exists, so that the copy can
-			// at least create it; otherwise it is gone.
-			if err2 := unix.Fstatat(p.fd, string(it.name), &st, unix.AT_SYMLINK_NOFOLLOW); err2 == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				d.SetStat(&st)
-				d.Flags |= plan.DirUnreadable
-			} else {
-				d.Flags |= plan.DirGone
-			}
-			p.release()
-			w.emitDir(&d)
-			return 0
-		}
-		if err := unix.Fstat(fd, &st); err != nil {
-			unix.Close(fd)
-			w.report(parentRel, it.name, fmt.Errorf("stat directory: %w", err))
-			d.Flags |= plan.DirGone
-			p.release()
-			w.emitDir(&d)
-			return 0
-		}
-		p.release()
-		if s.excluded(&st) {
-			unix.Close(fd)
-			w.report(parentRel, it.name, fmt.Errorf("is the destination or the job's state (reached through a bind mount?): left out"))
-			d.Flags |= plan.DirGone
-			w.emitDir(&d)
-			return 0
-		}
-		if st.Dev != p.dev {
-			s.stats.mounts.Add(1)
-			d.Flags |= plan.DirMountPoint
-			if s.opt.OneFileSystem {
-				d.SetStat(&st)
-				d.Flags |= plan.DirMountSkipped
-				unix.Close(fd)
-				w.emitDir(&d)
-				return 0
-			}
-		} else if it.dIno != 0 && it.dIno != st.Ino {
-			s.distrust(st.Dev)
-		}
+	fd, st, ok := w.openDir(it, &d)
+	if !ok {
+		return 0
 	}
 	d.SetStat(&st)
 	if !w.emitDir(&d) {
 		unix.Close(fd)
 		return 0
 	}
-
 	h := &handle{fd: fd, id: d.ID, dev: st.Dev, rel: append([]byte(nil), w.rel...)}
 	h.refs.Store(1)
 	defer h.release()
+	children := w.readDir(h, &st)
+	if err := w.em.Flush(); err != nil {
+		w.s.fail(err)
+	}
+	return children
+}
 
-	lstatAll := s.opt.LstatAll || !s.trusted(fd, st.Dev)
+// openDir opens the directory of item it (the root is open already) and
+// stats it, filling d's parent and name and w.rel. ok is false when it is
+// not to be read: it could not be opened (it is emitted as unreadable or
+// gone), it is the destination or the state, or a mount point left out
+// (-x); it is then emitted and its parent's handle released.
+func (w *worker) openDir(it item, d *plan.Dir) (fd int, st unix.Stat_t, ok bool) {
+	s := w.s
+	if it.parent == nil { // root
+		w.rel = w.rel[:0]
+		return w.rootFd, *w.rootSt, true
+	}
+	p := it.parent
+	d.Parent, d.Name = p.id, it.name
+	w.rel = append(w.rel[:0], p.rel...)
+	if len(w.rel) > 0 {
+		w.rel = append(w.rel, '/')
+	}
+	w.rel = append(w.rel, it.name...)
+	skip := func(flags uint8) (int, unix.Stat_t, bool) {
+		d.Flags |= flags
+		w.emitDir(d)
+		return -1, st, false
+	}
+	fd, err := fsx.OpenNoAtime(p.fd, string(it.name), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	if err != nil {
+		w.report(p.rel, it.name, fmt.Errorf("open directory: %w", err))
+		// Keep its metadata if it still exists, so that the copy can at
+		// least create it; otherwise it is gone.
+		flags := plan.DirGone
+		if err2 := unix.Fstatat(p.fd, string(it.name), &st, unix.AT_SYMLINK_NOFOLLOW); err2 == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			d.SetStat(&st)
+			flags = plan.DirUnreadable
+		}
+		p.release()
+		return skip(flags)
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		w.report(p.rel, it.name, fmt.Errorf("stat directory: %w", err))
+		p.release()
+		return skip(plan.DirGone)
+	}
+	p.release()
+	if s.excluded(&st) {
+		unix.Close(fd)
+		w.report(p.rel, it.name, fmt.Errorf("is the destination or the job's state (reached through a bind mount?): left out"))
+		return skip(plan.DirGone)
+	}
+	if st.Dev != p.dev {
+		s.stats.mounts.Add(1)
+		d.Flags |= plan.DirMountPoint
+		if s.opt.OneFileSystem {
+			d.SetStat(&st)
+			unix.Close(fd)
+			return skip(plan.DirMountSkipped)
+		}
+	} else if it.dIno != 0 && it.dIno != st.Ino {
+		s.distrust(st.Dev)
+	}
+	return fd, st, true
+}
+
+// readDir reads the open directory h (stat st) with getdents: entries go
+// to the emitter, subdirectories onto the worker's stack. It returns how
+// many subdirectories it pushed.
+func (w *worker) readDir(h *handle, st *unix.Stat_t) int {
+	s := w.s
+	lstatAll := s.opt.LstatAll || !s.trusted(h.fd, st.Dev)
 	children := 0
 	for {
-		n, err := unix.Getdents(fd, w.buf)
+		n, err := unix.Getdents(h.fd, w.buf)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			w.report(h.rel, nil, fmt.Errorf("read directory: %w", err))
-			break
+			return children
 		}
 		if n == 0 {
-			break
+			return children
 		}
 		w.ents = w.ents[:0]
 		dotIno := uint64(0)
@@ -410,58 +423,65 @@ func (w *worker) process(it item) int {
 			w.ents = append(w.ents, dent{ino: ino, typ: typ, start: start, end: start + len(name)})
 		}); err != nil {
 			w.report(h.rel, nil, err)
-			break
+			return children
 		}
 		if dotIno != 0 && dotIno != st.Ino && !lstatAll {
 			s.distrust(st.Dev)
 			lstatAll = true
 		}
 		for _, e := range w.ents {
-			name := chunk[e.start:e.end]
-			if d.ID == 0 && s.excludedTop(name) {
-				w.report(h.rel, name, errExcludedTop)
-				continue
-			}
-			typ, ino, dev := e.typ, e.ino, st.Dev
-			var est *unix.Stat_t
-			if typ == fsx.TypeUnknown || (lstatAll && typ != fsx.TypeDir) {
-				var lst unix.Stat_t
-				s.stats.lstats.Add(1)
-				if err := unix.Fstatat(fd, string(name), &lst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-					if !errors.Is(err, unix.ENOENT) {
-						w.report(h.rel, name, fmt.Errorf("lstat: %w", err))
-					}
-					continue
-				}
-				typ, ino, dev = fsx.TypeOfMode(lst.Mode), lst.Ino, lst.Dev
-				est = &lst
-			}
-			if typ == fsx.TypeDir {
-				id := s.nextID.Add(1) - 1
-				if id > math.MaxUint32-1 {
-					s.fail(errors.New("more than 4 billion directories"))
-					return children
-				}
-				h.refs.Add(1)
-				w.stack = append(w.stack, item{id: uint32(id), parent: h, name: append([]byte(nil), name...), dIno: ino})
-				children++
-				continue
-			}
-			s.stats.entries.Add(1)
-			s.stats.byType[typ&15].Add(1)
-			if err := w.em.Entry(d.ID, dev, ino, typ, name, h.rel, est); err != nil {
-				s.fail(err)
+			pushed, ok := w.entry(h, st, chunk[e.start:e.end], e, lstatAll)
+			if !ok {
 				return children
 			}
+			children += pushed
 		}
 		if c := s.opt.Counters; c != nil {
 			c.Done.Add(int64(len(w.ents)))
 		}
 	}
-	if err := w.em.Flush(); err != nil {
-		s.fail(err)
+}
+
+// entry handles one entry of directory h: a subdirectory is pushed (1), an
+// entry of any other type emitted (0). It lstats only where getdents
+// cannot be trusted. ok is false after a fatal error.
+func (w *worker) entry(h *handle, st *unix.Stat_t, name []byte, e dent, lstatAll bool) (pushed int, ok bool) {
+	s := w.s
+	if h.id == 0 && s.excludedTop(name) {
+		w.report(h.rel, name, errExcludedTop)
+		return 0, true
 	}
-	return children
+	typ, ino, dev := e.typ, e.ino, st.Dev
+	var est *unix.Stat_t
+	if typ == fsx.TypeUnknown || (lstatAll && typ != fsx.TypeDir) {
+		var lst unix.Stat_t
+		s.stats.lstats.Add(1)
+		if err := unix.Fstatat(h.fd, string(name), &lst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				w.report(h.rel, name, fmt.Errorf("lstat: %w", err))
+			}
+			return 0, true
+		}
+		typ, ino, dev = fsx.TypeOfMode(lst.Mode), lst.Ino, lst.Dev
+		est = &lst
+	}
+	if typ == fsx.TypeDir {
+		id := s.nextID.Add(1) - 1
+		if id > math.MaxUint32-1 {
+			s.fail(errors.New("more than 4 billion directories"))
+			return 0, false
+		}
+		h.refs.Add(1)
+		w.stack = append(w.stack, item{id: uint32(id), parent: h, name: append([]byte(nil), name...), dIno: ino})
+		return 1, true
+	}
+	s.stats.entries.Add(1)
+	s.stats.byType[typ&15].Add(1)
+	if err := w.em.Entry(h.id, dev, ino, typ, name, h.rel, est); err != nil {
+		s.fail(err)
+		return 0, false
+	}
+	return 0, true
 }
 
 // emitDir passes a directory record on; false after a fatal emitter error.

@@ -254,7 +254,27 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 		t.Fatalf("BuildKitchenSink: %s must be an existing empty directory (err=%v, %d entries)", dir, err, len(ents))
 	}
 
-	// files/
+	s.buildFiles(top)
+	s.buildLinks(top)
+	s.buildSymlinks(top)
+	s.buildSpecial(top)
+	s.buildModes(top)
+	s.buildOwners(top)
+	s.buildXattrs(top)
+	s.buildACLs(top)
+	s.buildReadOnly(top, dir)
+	s.buildNames(top)
+	s.buildEmptyDir(top)
+	s.buildDeep(top)
+
+	s.finish(dir)
+	return s.desc
+}
+
+// buildFiles creates files/: regular files of assorted sizes, the sparse file
+// and the twin-a/twin-b pair.
+func (s *sink) buildFiles(top int) {
+	s.t.Helper()
 	files := s.mkdir(top, "files", 0o755)
 	for _, f := range []struct {
 		name string
@@ -270,8 +290,12 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 	s.times[len(s.times)-1].atime = s.times[len(s.times)-2].atime
 	s.times[len(s.times)-1].mtime = s.times[len(s.times)-2].mtime
 	s.say("files/twin-a, files/twin-b: two inodes with identical content and metadata (must stay two inodes)")
+}
 
-	// links/
+// buildLinks creates links/ and other/ with hard links within and across
+// directories.
+func (s *sink) buildLinks(top int) {
+	s.t.Helper()
 	links := s.mkdir(top, "links", 0o755)
 	other := s.mkdir(top, "other", 0o755)
 	s.file(links, "trio-1", s.random(1000), 0o644)
@@ -281,8 +305,11 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 	s.file(links, "pair-1", s.random(2000), 0o600)
 	s.link(links, "pair-1", other, "pair-2")
 	s.say("links/pair-1, other/pair-2: one inode, 2 links across dirs")
+}
 
-	// sym/
+// buildSymlinks creates sym/: assorted symlinks and a hard-linked symlink.
+func (s *sink) buildSymlinks(top int) {
+	s.t.Helper()
 	sym := s.mkdir(top, "sym", 0o755)
 	for _, l := range []struct{ name, target, what string }{
 		{"relative", "../files/one-byte", "relative symlink"},
@@ -297,8 +324,12 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 	}
 	s.link(sym, "hardlinked", sym, "hardlinked-2")
 	s.say("sym/hardlinked-2: second name of the symlink inode sym/hardlinked (linkat without AT_SYMLINK_FOLLOW)")
+}
 
-	// special/
+// buildSpecial creates special/: a fifo, a socket node and (root only) device
+// nodes.
+func (s *sink) buildSpecial(top int) {
+	s.t.Helper()
 	special := s.mkdir(top, "special", 0o755)
 	if err := s.mknod(special, "fifo", unix.S_IFIFO|0o644, 0); err != nil {
 		s.fatal("mkfifo", err)
@@ -309,25 +340,29 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 	} else {
 		s.say("special/socket: unix socket node 0755 (mknod S_IFSOCK)")
 	}
-	if s.root {
-		for _, d := range []struct {
-			name       string
-			mode       uint32
-			maj, min   uint32
-			what       string
-			permission uint32
-		}{{"char-1-3", unix.S_IFCHR, 1, 3, "char device", 0o666}, {"block-7-200", unix.S_IFBLK, 7, 200, "block device", 0o660}} {
-			if err := s.mknod(special, d.name, d.mode|d.permission, int(unix.Mkdev(d.maj, d.min))); err != nil {
-				s.say("SKIPPED special/%s: %v", d.name, err)
-				continue
-			}
-			s.say("special/%s: %s %d:%d", d.name, d.what, d.maj, d.min)
-		}
-	} else {
+	if !s.root {
 		s.say("SKIPPED special/char-1-3, special/block-7-200: device nodes need root")
+		return
 	}
+	for _, d := range []struct {
+		name       string
+		mode       uint32
+		maj, min   uint32
+		what       string
+		permission uint32
+	}{{"char-1-3", unix.S_IFCHR, 1, 3, "char device", 0o666}, {"block-7-200", unix.S_IFBLK, 7, 200, "block device", 0o660}} {
+		if err := s.mknod(special, d.name, d.mode|d.permission, int(unix.Mkdev(d.maj, d.min))); err != nil {
+			s.say("SKIPPED special/%s: %v", d.name, err)
+			continue
+		}
+		s.say("special/%s: %s %d:%d", d.name, d.what, d.maj, d.min)
+	}
+}
 
-	// modes/
+// buildModes creates modes/: files with special permission bits and sticky /
+// setgid directories.
+func (s *sink) buildModes(top int) {
+	s.t.Helper()
 	modes := s.mkdir(top, "modes", 0o755)
 	for _, m := range []struct {
 		name string
@@ -341,28 +376,36 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 	sgid := s.mkdir(modes, "setgid-dir-2775", 0o2775)
 	s.file(sgid, "inside", []byte("in setgid dir\n"), 0o664)
 	s.say("modes/sticky-1777/, modes/setgid-dir-2775/: directories with sticky / setgid bits")
+}
 
-	// owners/
-	if s.root {
-		owners := s.mkdir(top, "owners", 0o755)
-		s.file(owners, "file-1234-5678", []byte("owned\n"), 0o644)
-		s.chown(owners, "file-1234-5678", 1234, 5678, 0o644)
-		s.file(owners, "setuid-1234", []byte("setuid owned\n"), 0o4750)
-		s.chown(owners, "setuid-1234", 1234, 5678, 0o4750)
-		s.file(owners, "group-only-0-5678", []byte("group\n"), 0o640)
-		s.chown(owners, "group-only-0-5678", 0, 5678, 0o640)
-		odir := s.mkdir(owners, "dir-1234-5678", 0o750)
-		s.file(odir, "inside", []byte("inside owned dir\n"), 0o644)
-		s.chown(odir, "inside", 4321, 8765, 0o644)
-		s.chown(owners, "dir-1234-5678", 1234, 5678, -1)
-		s.symlink(owners, "symlink-2345-6789", "file-1234-5678")
-		s.chown(owners, "symlink-2345-6789", 2345, 6789, -1)
-		s.say("owners/: files 1234:5678 and 0:5678, setuid file 04750 owned by 1234, dir 1234:5678 with a 4321:8765 file, symlink lchown'd to 2345:6789")
-	} else {
+// buildOwners creates owners/ (root only): files, a directory and a symlink
+// with foreign owners.
+func (s *sink) buildOwners(top int) {
+	s.t.Helper()
+	if !s.root {
 		s.say("SKIPPED owners/: chown needs root")
+		return
 	}
+	owners := s.mkdir(top, "owners", 0o755)
+	s.file(owners, "file-1234-5678", []byte("owned\n"), 0o644)
+	s.chown(owners, "file-1234-5678", 1234, 5678, 0o644)
+	s.file(owners, "setuid-1234", []byte("setuid owned\n"), 0o4750)
+	s.chown(owners, "setuid-1234", 1234, 5678, 0o4750)
+	s.file(owners, "group-only-0-5678", []byte("group\n"), 0o640)
+	s.chown(owners, "group-only-0-5678", 0, 5678, 0o640)
+	odir := s.mkdir(owners, "dir-1234-5678", 0o750)
+	s.file(odir, "inside", []byte("inside owned dir\n"), 0o644)
+	s.chown(odir, "inside", 4321, 8765, 0o644)
+	s.chown(owners, "dir-1234-5678", 1234, 5678, -1)
+	s.symlink(owners, "symlink-2345-6789", "file-1234-5678")
+	s.chown(owners, "symlink-2345-6789", 2345, 6789, -1)
+	s.say("owners/: files 1234:5678 and 0:5678, setuid file 04750 owned by 1234, dir 1234:5678 with a 4321:8765 file, symlink lchown'd to 2345:6789")
+}
 
-	// xattrs/
+// buildXattrs creates xattrs/: user.* xattrs on a file and a directory and
+// (root only) trusted.* and security.capability.
+func (s *sink) buildXattrs(top int) {
+	s.t.Helper()
 	xdir := s.mkdir(top, "xattrs", 0o755)
 	s.file(xdir, "file", []byte("file with xattrs\n"), 0o644)
 	if s.xattr(xdir, "file", "xattrs/file", "user.hlcp.binary", []byte("\x00\x01\x02bin\xff\xfe\n")) {
@@ -375,21 +418,25 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 	if s.xattr(xdir, "dir", "xattrs/dir", "user.hlcp.dir", []byte("dir\x00value")) {
 		s.say("xattrs/dir: directory with user.hlcp.dir")
 	}
-	if s.root {
-		if s.xattr(xdir, "file", "xattrs/file", "trusted.hlcp", []byte("trusted\x00\x7f")) {
-			s.say("xattrs/file: trusted.hlcp")
-		}
-		s.file(xdir, "capability", []byte("#!/bin/true\n"), 0o755)
-		// vfs_cap_data revision 2, effective, permitted = CAP_NET_BIND_SERVICE.
-		capv := []byte{0x01, 0, 0, 0x02, 0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-		if s.xattr(xdir, "capability", "xattrs/capability", "security.capability", capv) {
-			s.say("xattrs/capability: security.capability cap_net_bind_service+ep (cleared by chown: restore after chown)")
-		}
-	} else {
+	if !s.root {
 		s.say("SKIPPED trusted.* and security.capability xattrs: need root")
+		return
 	}
+	if s.xattr(xdir, "file", "xattrs/file", "trusted.hlcp", []byte("trusted\x00\x7f")) {
+		s.say("xattrs/file: trusted.hlcp")
+	}
+	s.file(xdir, "capability", []byte("#!/bin/true\n"), 0o755)
+	// vfs_cap_data revision 2, effective, permitted = CAP_NET_BIND_SERVICE.
+	capv := []byte{0x01, 0, 0, 0x02, 0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	if s.xattr(xdir, "capability", "xattrs/capability", "security.capability", capv) {
+		s.say("xattrs/capability: security.capability cap_net_bind_service+ep (cleared by chown: restore after chown)")
+	}
+}
 
-	// acl/
+// buildACLs creates acl/: a file with an access ACL and a directory with a
+// default ACL holding a file that inherited it.
+func (s *sink) buildACLs(top int) {
+	s.t.Helper()
 	adir := s.mkdir(top, "acl", 0o755)
 	s.file(adir, "file", []byte("file with an access ACL\n"), 0o660)
 	access := EncodeACL([]ACLEntry{
@@ -409,8 +456,12 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 		s.file(ddir, "inherited", []byte("inherits the default ACL\n"), 0o640)
 		s.say("acl/dir/inherited: file created after the default ACL (has an inherited access ACL)")
 	}
+}
 
-	// ro/ and locked/
+// buildReadOnly creates ro/ (a 0555 directory) and, for root, locked/ (a 0000
+// directory); non-root builds register EnsureRemovable on dir instead.
+func (s *sink) buildReadOnly(top int, dir string) {
+	s.t.Helper()
 	ro := s.mkdir(top, "ro", 0o555)
 	s.file(ro, "f1", []byte("in a read-only dir\n"), 0o644)
 	s.file(ro, "f2", []byte("also in a read-only dir\n"), 0o444)
@@ -421,10 +472,14 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 		s.say("locked/: directory 0000 with secret")
 	} else {
 		s.say("SKIPPED locked/: a 0000 directory is only traversable by root")
-		EnsureRemovable(t, dir)
+		EnsureRemovable(s.t, dir)
 	}
+}
 
-	// names/
+// buildNames creates names/: files with unusual names and a non-UTF-8
+// directory.
+func (s *sink) buildNames(top int) {
+	s.t.Helper()
 	names := s.mkdir(top, "names", 0o755)
 	for _, n := range []string{"caf\xe9", "line\nbreak", "with spaces", "-dash-start", KitchenSinkLongName,
 		"naïve-日本語-😀", " leading and trailing space ", "quote\"s and 'apostrophes'", "back\\slash", "tab\there", "..."} {
@@ -434,11 +489,19 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 	bad := s.mkdir(names, "dir-\xff\xfe", 0o755)
 	s.file(bad, "inside", []byte("inside a non-UTF-8 dir\n"), 0o644)
 	s.say("names/\"dir-\\xff\\xfe\"/inside: non-UTF-8 directory name")
+}
 
+// buildEmptyDir creates emptydir/.
+func (s *sink) buildEmptyDir(top int) {
+	s.t.Helper()
 	s.mkdir(top, "emptydir", 0o755)
 	s.say("emptydir/: empty directory")
+}
 
-	// deep/
+// buildDeep creates the deep/ chain (see KitchenSinkDeepDir) with leaf and
+// the hard-link pair hl-1/hl-2 at its bottom.
+func (s *sink) buildDeep(top int) {
+	s.t.Helper()
 	cur := s.mkdir(top, "deep", 0o755)
 	for i := 0; i < KitchenSinkDeepDepth; i++ {
 		cur = s.mkdir(cur, deepComponent(i), 0o755)
@@ -447,9 +510,6 @@ func BuildKitchenSink(t testing.TB, dir string) []string {
 	s.file(cur, "hl-1", []byte("hard link pair at the bottom of the deep chain\n"), 0o644)
 	s.link(cur, "hl-1", cur, "hl-2")
 	s.say("deep/<26 x 200-byte names>/{leaf,hl-1,hl-2}: %d-byte path, hl-1/hl-2 one inode", len(KitchenSinkDeepDir())+len("/leaf"))
-
-	s.finish(dir)
-	return s.desc
 }
 
 // sparse creates a 64 MiB file with 4 KiB of data at 16 MiB and at 40 MiB.

@@ -8,17 +8,17 @@ package verify
 import (
 	"encoding/json"
 	"fmt"
+	"hlcp/internal/msg"
 	"io"
 
 	"hlcp/internal/differ"
-	"hlcp/internal/fsx"
 )
 
 // Format is the one-line form of a difference: the code in a fixed
 // column, the path (quoted when it is not printable, or has a space), the
 // details.
 func Format(d differ.Diff) string {
-	s := fmt.Sprintf("%-8s %s", d.Code, fsx.Quote(d.Path))
+	s := fmt.Sprintf("%-8s %s", d.Code, msg.Quote(d.Path))
 	if d.Detail != "" {
 		s += "  (" + d.Detail + ")"
 	}

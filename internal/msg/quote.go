@@ -1,6 +1,10 @@
-package fsx
+// Package msg owns how hlcp writes names into its messages and logs: one
+// line each, a name one word, and nothing a reader (or a program fed a
+// log line) could take for something else.
+package msg
 
 import (
+	"fmt"
 	"strconv"
 	"unicode"
 	"unicode/utf8"
@@ -24,4 +28,21 @@ func Quote(p string) string {
 		}
 	}
 	return p
+}
+
+// QuoteList quotes up to max names (see Quote) and says how many more
+// there are.
+func QuoteList(names []string, max int) string {
+	var b []byte
+	for i, n := range names {
+		if i == max {
+			b = fmt.Appendf(b, " and %d more", len(names)-max)
+			break
+		}
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, Quote(n)...)
+	}
+	return string(b)
 }
