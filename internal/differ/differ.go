@@ -47,6 +47,39 @@ type Options struct {
 	Hash          string  // "fast" or "sha256"
 	OneFileSystem bool
 	Progress      *progress.Reporter
+
+	// For a consumer that acts on DST (a mirror):
+	//
+	// Tmp, when not nil, is where the sort files go (a directory of the
+	// caller's, on DST's filesystem), instead of a new directory in TmpDir.
+	Tmp *fsx.Dir
+	// SrcFd and DstFd, when not 0, are the trees' roots already open: they
+	// are scanned through them, never by their paths.
+	SrcFd, DstFd int
+	// DstSkip names entries of DST's root that are not part of the tree
+	// (the job's own state directory): left out of the scan, silently;
+	// and the root's times, which making and removing that directory
+	// change, are not compared.
+	DstSkip []string
+	// Pairs, when not nil, gets every source path that is not a directory,
+	// in source-inode order (see Pair), before the differences.
+	Pairs func(Pair) error
+	// Shared, when not nil, gets every destination inode that paths of
+	// more than one source inode reach (what Joined reports), once per
+	// such source inode, with the number of its paths there; in
+	// destination-inode order.
+	Shared func(dst, src Node, paths int64) error
+}
+
+// Pair is a source path, its inode, and the destination inode at the same
+// path (Dst is the zero Node when DST lacks the path). Pairs come grouped by
+// source inode: all the paths of one source inode together, those DST has
+// first.
+type Pair struct {
+	Path     []byte // relative to the roots; valid during the call
+	Src, Dst Node
+	SrcDir   uint32 // the parent directories' ids in each tree's scan
+	DstDir   uint32
 }
 
 // Result sums up a comparison.
@@ -186,17 +219,21 @@ func Run(ctx context.Context, o Options, c Consumer) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	tmp, err := os.MkdirTemp(o.TmpDir, "hlcp-verify-")
-	if err != nil {
-		return Result{}, fmt.Errorf("temporary directory: %w", err)
-	}
-	defer os.RemoveAll(tmp)
 	r := &run{ctx: ctx, o: o, hasher: h, seed: rand.Uint64()}
 	defer r.close()
-	if r.tmp, err = fsx.OpenDir(tmp); err != nil {
-		return Result{}, fmt.Errorf("temporary directory: %w", err)
+	if o.Tmp != nil {
+		r.tmp = o.Tmp
+	} else {
+		tmp, err := os.MkdirTemp(o.TmpDir, "hlcp-verify-")
+		if err != nil {
+			return Result{}, fmt.Errorf("temporary directory: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		if r.tmp, err = fsx.OpenDir(tmp); err != nil {
+			return Result{}, fmt.Errorf("temporary directory: %w", err)
+		}
+		r.dirs = append(r.dirs, r.tmp)
 	}
-	r.dirs = append(r.dirs, r.tmp)
 	switch {
 	case o.Sample >= 100:
 		r.o.Checksum = true
@@ -208,8 +245,8 @@ func Run(ctx context.Context, o Options, c Consumer) (Result, error) {
 		return Result{}, err
 	}
 	r.diffs = extsort.New(diffs, r.mem().VerifyDiffs(), false)
-	r.src = &side{name: "src", root: o.Src}
-	r.dst = &side{name: "dst", root: o.Dst}
+	r.src = &side{name: "src", root: o.Src, rootFd: o.SrcFd}
+	r.dst = &side{name: "dst", root: o.Dst, rootFd: o.DstFd, skip: o.DstSkip}
 	for _, step := range []func() error{r.scan, r.join, r.pairs, r.reverse} {
 		if err := step(); err != nil {
 			return r.res, err

@@ -40,6 +40,13 @@ func (r *run) pairs() error {
 		ctr.Done.Add(1)
 		key := pairKey(rec)
 		src, dst := pairNodes(rec)
+		if r.o.Pairs != nil {
+			tail := rec[len(rec)-pairTail:]
+			p := Pair{Path: key[:len(key)-1], Src: src, Dst: dst, SrcDir: binary.BigEndian.Uint32(tail), DstDir: binary.BigEndian.Uint32(tail[4:])}
+			if err := r.o.Pairs(p); err != nil {
+				return err
+			}
+		}
 		if group == nil || !bytes.Equal(group, rec[:16]) {
 			group = append(group[:0], rec[:16]...)
 			first, cur = first[:0], cur[:0]
@@ -125,7 +132,11 @@ func (r *run) sampled(dev, ino uint64) bool {
 func (r *run) reverse() error {
 	rd, done := extsort.MergeStream(r.dst.pathRuns, r.dst.pairTmp, r.mem().VerifyMerge(), nil)
 	var first []byte
+	sh := sharing{fn: r.o.Shared}
 	err := eachRecord(rd, pairHead+1, "reverse pair", func(rec []byte) error {
+		if err := sh.add(rec); err != nil {
+			return err
+		}
 		if first == nil || !bytes.Equal(first[:16], rec[:16]) {
 			first = append(first[:0], rec...)
 		} else if !bytes.Equal(first[16:32], rec[16:32]) {
@@ -137,10 +148,77 @@ func (r *run) reverse() error {
 		}
 		return nil
 	})
+	if err == nil {
+		err = sh.flush()
+	}
 	if e := done(); err == nil {
 		err = e
 	}
 	return err
+}
+
+// sharing finds, in the reverse pairs walk, the destination inodes that
+// more than one source inode reaches, and tells Options.Shared of each
+// (destination, source) run of paths. A destination's first run is held
+// until a second one shows, and dropped if none does.
+type sharing struct {
+	fn     func(dst, src Node, paths int64) error
+	dst    Node
+	have   bool
+	first  srcRun // the destination's first run, held
+	cur    srcRun
+	shared bool // the destination has two runs or more
+}
+
+type srcRun struct {
+	src Node
+	n   int64
+}
+
+func (s *sharing) add(rec []byte) error {
+	if s.fn == nil {
+		return nil
+	}
+	be := binary.BigEndian
+	dst := Node{Dev: be.Uint64(rec), Ino: be.Uint64(rec[8:])}
+	src := Node{Dev: be.Uint64(rec[16:]), Ino: be.Uint64(rec[24:])}
+	if s.have && dst == s.dst && src == s.cur.src {
+		s.cur.n++
+		return nil
+	}
+	if err := s.endRun(); err != nil {
+		return err
+	}
+	if !s.have || dst != s.dst {
+		s.dst, s.have, s.shared, s.first = dst, true, false, srcRun{}
+	}
+	s.cur = srcRun{src, 1}
+	return nil
+}
+
+// endRun is the end of the current run (its destination may go on).
+func (s *sharing) endRun() error {
+	if !s.have || s.cur.n == 0 {
+		return nil
+	}
+	if !s.shared && s.first.n == 0 {
+		s.first = s.cur // held: it may be the destination's only one
+		return nil
+	}
+	if !s.shared {
+		s.shared = true
+		if err := s.fn(s.dst, s.first.src, s.first.n); err != nil {
+			return err
+		}
+	}
+	return s.fn(s.dst, s.cur.src, s.cur.n)
+}
+
+func (s *sharing) flush() error {
+	if s.fn == nil {
+		return nil
+	}
+	return s.endRun()
 }
 
 // report sorts the differences by path and hands them to the consumer.

@@ -18,6 +18,8 @@ import (
 type side struct {
 	name          string
 	root          string
+	rootFd        int      // the root as the caller opened it, or 0
+	skip          []string // names of the root left out
 	fd            int
 	paths, dirs   *extsort.Sorter
 	pathRuns, dru []extsort.Run
@@ -101,6 +103,7 @@ func (r *run) scan() error {
 		scans.Go(func() error {
 			st, err := scan.Scan(r.ctx, s.root, scan.Options{
 				Jobs: max(1, r.o.Jobs/2), OneFileSystem: r.o.OneFileSystem,
+				RootFd: s.rootFd, SkipTop: s.skip,
 				NewEmitter: func() scan.Emitter { return &emitter{s: s} },
 				Counters:   ctr,
 				OnError: func(rel string, err error) {
@@ -136,7 +139,12 @@ func (r *run) scan() error {
 		if _, err := dt.LoadNames(r.mem().DirNames()); err != nil {
 			return err
 		}
-		fd, err := unix.Open(s.root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		var fd int
+		if s.rootFd > 0 {
+			fd, err = unix.Openat(s.rootFd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		} else {
+			fd, err = unix.Open(s.root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
 		if err != nil {
 			return err
 		}

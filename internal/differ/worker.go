@@ -198,6 +198,10 @@ func (w *worker) dir(t task) {
 			unix.Close(fd)
 		}
 	}
+	if len(t.key) == 1 && len(r.o.DstSkip) > 0 {
+		// The root's times moved with the job's state in it.
+		b.St.Mtim, b.St.Atim = a.St.Mtim, a.St.Atim
+	}
 	for _, d := range CompareMeta(&a, &b, r.o.What) {
 		r.diff(d.Code, t.key, t.src, t.dst, nil, "%s", d.Detail)
 	}

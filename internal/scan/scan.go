@@ -63,6 +63,10 @@ type Options struct {
 	// DST's root, where a copy of an entry of that name would land in the
 	// job's own state. Such an entry is reported and left out.
 	ExcludeTop []string
+	// SkipTop lists names in the root directory that are not part of the
+	// tree at all (the job's state directory in DST's root): left out
+	// without a word.
+	SkipTop []string
 	// RootFd, when not 0, is root already open (the scan reopens it
 	// through this fd, never by its path, which may name another
 	// directory by now); root then only names it in messages.
@@ -447,9 +451,14 @@ func (w *worker) readDir(h *handle, st *unix.Stat_t) int {
 // cannot be trusted. ok is false after a fatal error.
 func (w *worker) entry(h *handle, st *unix.Stat_t, name []byte, e dent, lstatAll bool) (pushed int, ok bool) {
 	s := w.s
-	if h.id == 0 && s.excludedTop(name) {
-		w.report(h.rel, name, errExcludedTop)
-		return 0, true
+	if h.id == 0 {
+		if s.named(s.opt.SkipTop, name) {
+			return 0, true
+		}
+		if s.named(s.opt.ExcludeTop, name) {
+			w.report(h.rel, name, errExcludedTop)
+			return 0, true
+		}
 	}
 	typ, ino, dev := e.typ, e.ino, st.Dev
 	var est *unix.Stat_t
@@ -507,8 +516,9 @@ func (w *worker) emitDir(d *plan.Dir) bool {
 // ExcludeTop.
 var errExcludedTop = errors.New("has the name of hlcp's state directory in DST: not copied (pass --state DIR to keep the state elsewhere and copy it)")
 
-func (s *scanner) excludedTop(name []byte) bool {
-	for _, n := range s.opt.ExcludeTop {
+// named reports whether name is one of names.
+func (s *scanner) named(names []string, name []byte) bool {
+	for _, n := range names {
 		if string(name) == n {
 			return true
 		}
