@@ -103,6 +103,8 @@ type Copier struct {
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
 	stopped atomic.Bool
+	// rel: a Maker's path of what it is making, for messages.
+	rel string
 }
 
 // New returns a copier from the tree at srcRoot to the tree at dstRoot (both
@@ -173,11 +175,21 @@ func (c *Copier) Fatal() error {
 
 func (c *Copier) fail(dir uint32, name []byte, err error) {
 	if isFatal(err) {
-		c.setFatal(fmt.Errorf("%s: %w", msg.Quote(c.dirs.Rel(dir, name)), err))
+		c.setFatal(fmt.Errorf("%s: %w", msg.Quote(c.relOf(dir, name)), err))
 		return
 	}
 	c.Stats.Errors.Add(1)
-	c.opt.OnError(c.dirs.Rel(dir, name), err)
+	c.opt.OnError(c.relOf(dir, name), err)
+}
+
+// relOf is the path of name in directory dir, relative to the tree's
+// root, for messages; a Maker has no directory table: its caller gives the
+// path of what it makes.
+func (c *Copier) relOf(dir uint32, name []byte) string {
+	if c.dirs == nil {
+		return c.rel
+	}
+	return c.dirs.Rel(dir, name)
 }
 
 // futimens sets the times of an open file.

@@ -33,17 +33,7 @@ func (w *worker) create(src plan.Entry, dir uint32, name []byte, sfd int) *linkS
 	}
 	defer c.dstDirs.Release(dir)
 
-	var st unix.Stat_t
-	switch src.Type {
-	case fsx.TypeReg:
-		err = w.copyFile(spfd, dpfd, sfd, src, string(name), &st)
-	case fsx.TypeLnk:
-		err = w.copySymlink(spfd, dpfd, src, string(name), &st)
-	case fsx.TypeFifo, fsx.TypeSock, fsx.TypeChr, fsx.TypeBlk:
-		err = w.copySpecial(spfd, dpfd, src, string(name), &st)
-	default:
-		err = fmt.Errorf("unsupported file type %d", src.Type)
-	}
+	st, err := w.make(spfd, dpfd, src, string(name), sfd)
 	if err != nil {
 		if errors.Is(err, errChanged) {
 			c.Stats.Changed.Add(1)
@@ -63,6 +53,25 @@ func (w *worker) create(src plan.Entry, dir uint32, name []byte, sfd int) *linkS
 	w.ctr.Paths.Add(1)
 	return &linkSrc{dir: dir, name: append([]byte(nil), name...), src: plan.Entry{Dev: src.Dev, Ino: src.Ino, Dir: src.Dir, Type: src.Type, Name: append([]byte(nil), src.Name...)}, nlink: uint64(st.Nlink), size: st.Size,
 		ctime: st.Ctim, changed: err != nil, metaBad: w.metaBad}
+}
+
+// make creates name in dpfd as a copy of the source entry src (its name
+// in spfd; sfd is it already open, or -1), by type, with its metadata, and
+// returns the source's stat. errChanged still leaves the copy there.
+func (w *worker) make(spfd, dpfd int, src plan.Entry, name string, sfd int) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	var err error
+	switch src.Type {
+	case fsx.TypeReg:
+		err = w.copyFile(spfd, dpfd, sfd, src, name, &st)
+	case fsx.TypeLnk:
+		err = w.copySymlink(spfd, dpfd, src, name, &st)
+	case fsx.TypeFifo, fsx.TypeSock, fsx.TypeChr, fsx.TypeBlk:
+		err = w.copySpecial(spfd, dpfd, src, name, &st)
+	default:
+		err = fmt.Errorf("unsupported file type %d", src.Type)
+	}
+	return st, err
 }
 
 var errChanged = errors.New("changed while being copied (the copy may not match any single state of the file)")

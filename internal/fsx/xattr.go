@@ -196,3 +196,46 @@ func (x *Xattrs) read(o xops) ([]Xattr, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, err
 }
+
+// RemoveExtraFd removes from dfd every xattr (and ACL) that sfd does not
+// have, but for a security label (security.selinux) that the
+// destination's own policy gives every file.
+func (x *Xattrs) RemoveExtraFd(sfd, dfd int) error {
+	return x.removeExtra(
+		xops{list: func(b []byte) (int, error) { return unix.Flistxattr(sfd, b) }, get: func(n string, b []byte) (int, error) { return unix.Fgetxattr(sfd, n, b) }},
+		xops{list: func(b []byte) (int, error) { return unix.Flistxattr(dfd, b) }, get: func(n string, b []byte) (int, error) { return unix.Fgetxattr(dfd, n, b) }},
+		func(n string) error { return unix.Fremovexattr(dfd, n) })
+}
+
+// RemoveExtraPath is RemoveExtraFd for entries given as paths whose last
+// component is not followed (typically ProcPath(dirfd, name)).
+func (x *Xattrs) RemoveExtraPath(src, dst string) error {
+	return x.removeExtra(
+		xops{list: func(b []byte) (int, error) { return unix.Llistxattr(src, b) }, get: func(n string, b []byte) (int, error) { return unix.Lgetxattr(src, n, b) }},
+		xops{list: func(b []byte) (int, error) { return unix.Llistxattr(dst, b) }, get: func(n string, b []byte) (int, error) { return unix.Lgetxattr(dst, n, b) }},
+		func(n string) error { return unix.Lremovexattr(dst, n) })
+}
+
+func (x *Xattrs) removeExtra(s, d xops, remove func(string) error) error {
+	have, err := x.read(s)
+	if err != nil {
+		return err
+	}
+	extra, err := x.read(d)
+	if err != nil {
+		return err
+	}
+	i := 0
+	for _, e := range extra {
+		for i < len(have) && have[i].Name < e.Name {
+			i++
+		}
+		if i < len(have) && have[i].Name == e.Name || e.Name == "security.selinux" {
+			continue
+		}
+		if err := remove(e.Name); err != nil && !noXattrs(err) {
+			return fmt.Errorf("remove xattr %q: %w", e.Name, err)
+		}
+	}
+	return nil
+}
