@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"hlcp/internal/testhook"
 )
 
 // Mode selects how progress is rendered.
@@ -211,6 +213,7 @@ func (p *phase) addSample(now time.Time) {
 // or "". Only one phase is live at a time; starting a phase ends the
 // previous one if still open. The returned Counters are never nil.
 func (r *Reporter) Phase(name, unit, secondary string) *Counters {
+	testhook.PhaseStarted(name)
 	c := new(Counters)
 	now := time.Now()
 	r.mu.Lock()

@@ -107,6 +107,15 @@ func Pause(point string) {
 	}
 }
 
+// PhaseStarted is called as each phase of the progress display starts:
+// HLCP_TEST_KILL=PHASE:0 kills the process there, however short the phase
+// (the watcher of KillAfter polls, and can miss one).
+func PhaseStarted(name string) {
+	if killPhase != "" && killPhase == name && killN == 0 {
+		die()
+	}
+}
+
 // KillAfter starts the watcher of HLCP_TEST_KILL=PHASE:N: the process
 // sends itself SIGKILL as soon as phase PHASE's progress counter has
 // advanced by N in this run (from where the run resumed it). The counters
