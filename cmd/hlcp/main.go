@@ -330,7 +330,7 @@ Start with: hlcp demo
 	}
 	root.Version = version()
 	root.SetVersionTemplate("hlcp {{.Version}}\n")
-	root.AddCommand(copyCmd(), moveCmd(), verifyCmd(), statusCmd(), demoCmd())
+	root.AddCommand(copyCmd(), moveCmd(), syncCmd(), verifyCmd(), statusCmd(), demoCmd())
 	if p := testhook.CPUProfile; p != "" {
 		// For profiling (see bench/): HLCP_CPUPROFILE=cpu.pprof hlcp copy ...
 		if f, err := os.Create(p); err == nil {

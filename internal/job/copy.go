@@ -64,6 +64,12 @@ type Options struct {
 	Checksum bool
 	// RemoveRoot (move): remove SRC itself when it is empty at the end.
 	RemoveRoot bool
+	// Sync: make DST a mirror of SRC, whatever it holds (hlcp sync); see
+	// sync.go. DryRun, MaxDelete and MaxDeletePct are its.
+	Sync         bool
+	DryRun       bool
+	MaxDelete    int64 // -1: half of DST's paths
+	MaxDeletePct float64
 	// DiscardMoved lets --restart (or another job) discard a state that
 	// may be that of a move which has removed source paths: what it moved
 	// may then be overwritten in DST.
@@ -129,8 +135,11 @@ type runner struct {
 }
 
 func (o *Options) command() string {
-	if o.Move {
+	switch {
+	case o.Move:
 		return "move"
+	case o.Sync:
+		return "sync"
 	}
 	return "copy"
 }
@@ -196,6 +205,7 @@ func (r *runner) run() (int, error) {
 	}
 	r.rep = progress.New(o.Stderr, mode, o.Interval)
 	defer r.rep.Close()
+	testhook.KillAfter(r.progressNow) // (a sync that repairs DST runs inside openJob)
 
 	if code, done := r.movedAway(); done {
 		return code, nil
@@ -217,7 +227,6 @@ func (r *runner) run() (int, error) {
 		r.rep.Logf("resuming the job from phase %s (attempt %d)", r.j.Phase, r.j.Attempts)
 	}
 
-	testhook.KillAfter(r.progressNow)
 	if err := r.phases(); err != nil {
 		return r.stop(err)
 	}

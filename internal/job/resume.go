@@ -116,6 +116,12 @@ func (r *runner) openJob() (int, error) {
 	}
 	var old *journal.Journal
 	restarted := false
+	if ok && o.Sync && o.DryRun {
+		// A dry run changes nothing, the state included: it neither
+		// resumes nor discards one, and compares DST without it.
+		r.place = place
+		return r.mirror(exists)
+	}
 	if ok {
 		r.place = place
 		var code int
@@ -129,6 +135,9 @@ func (r *runner) openJob() (int, error) {
 	}
 	if restarted {
 		empty = true // what is there is the old job's partial copy: overwritten
+	}
+	if o.Sync && (o.DryRun || old == nil && !empty) {
+		return r.mirror(exists)
 	}
 	if old == nil && !empty {
 		return r.finishedRerun()
@@ -209,6 +218,15 @@ func (r *runner) findJob(place journal.Place) (old *journal.Journal, restarted b
 	if code, err := r.existingJob(old); code >= 0 {
 		old.Close()
 		return nil, false, code, err
+	}
+	if old.ID.Command == "sync" && old.Phase == journal.PhaseMirror && r.o.Sync {
+		// A sync that was repairing DST: its state is only working
+		// files; this run starts again.
+		old.Close()
+		if err := journal.Discard(place); err != nil {
+			return nil, false, ExitUsage, usagef("discard the old state: %w", err)
+		}
+		return nil, false, -1, nil
 	}
 	if r.o.Restart {
 		old.Close()

@@ -42,6 +42,9 @@ const (
 	PhaseFinish = "finish" // directory metadata, deepest first, below FinishBelow
 	PhaseRemove = "remove" // move: removing source paths below RemoveMark
 	PhaseDone   = "done"
+	// PhaseMirror: a sync is repairing a DST that was not empty; its
+	// state holds only working files, and a rerun starts it again.
+	PhaseMirror = "mirror"
 )
 
 // Version of the state layout.
@@ -329,7 +332,7 @@ func readMarker(d *fsx.Dir) (marker, error) {
 		k, v, _ := strings.Cut(l, " ")
 		switch k {
 		case "command":
-			if v == "copy" || v == "move" {
+			if v == "copy" || v == "move" || v == "sync" {
 				m.Command = v
 			}
 		case "made-dir":
@@ -488,8 +491,16 @@ func decode(b []byte, s *State) error {
 }
 
 // Create makes a new state directory at p (it may exist only when Open
-// said ErrNoJob of it) and writes its marker and its first state.
+// said ErrNoJob of it) and writes its marker and its first state, in
+// phase scan.
 func Create(p Place, id Identity) (*Journal, error) {
+	return CreateIn(p, id, PhaseScan)
+}
+
+// CreateIn is Create with the first state in phase: a job that starts
+// elsewhere (a sync that repairs DST starts in PhaseMirror) never has a
+// state that says otherwise, even for a moment.
+func CreateIn(p Place, id Identity, phase string) (*Journal, error) {
 	made := true
 	if err := unix.Mkdirat(p.Parent, p.Name, 0o700); err != nil {
 		if !errors.Is(err, unix.EEXIST) {
@@ -526,7 +537,7 @@ func Create(p Place, id Identity) (*Journal, error) {
 		return nil, err
 	}
 	now := time.Now().UTC()
-	j.State = State{Version: Version, ID: id, Phase: PhaseScan, Started: now, Attempts: 1}
+	j.State = State{Version: Version, ID: id, Phase: phase, Started: now, Attempts: 1}
 	if err := j.Save(); err != nil {
 		d.Close()
 		return nil, err

@@ -26,6 +26,10 @@ var (
 		"scan":    {"e", "d"},
 		"sorttmp": {"linkruns"},
 	}
+	// ownTrees: subdirectories whose whole content hlcp makes (a sync's
+	// working files, in as many sorts as it needs): removed with all that
+	// is in them, never through a symlink.
+	ownTrees = map[string]bool{"mirror": true}
 )
 
 func ownFile(name string) bool {
@@ -136,6 +140,8 @@ func removeState(d *fsx.Dir, p Place, rmdir bool) error {
 			// there it says what is going on.
 		case ownDirs[n] != nil:
 			errs = append(errs, removeTree(d, n))
+		case ownTrees[n]:
+			errs = append(errs, removeAll(d, n))
 		case ownFile(n):
 			if err := d.Remove(n); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, err)
@@ -188,4 +194,42 @@ func quoteAll(names []string) []string {
 		out = append(out, msg.Quote(n))
 	}
 	return out
+}
+
+// removeAll removes the subdirectory name of d and everything in it, one
+// component at a time from fds: a symlink in it is unlinked, never
+// followed.
+func removeAll(d *fsx.Dir, name string) error {
+	sub, err := d.Sub(name)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	names, err := sub.Names()
+	if err != nil {
+		sub.Close()
+		return err
+	}
+	for _, n := range names {
+		st, err := sub.Lstat(n)
+		if err != nil {
+			continue
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			err = removeAll(sub, n)
+		} else {
+			err = sub.Remove(n)
+		}
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			sub.Close()
+			return err
+		}
+	}
+	sub.Close()
+	if err := d.Rmdir(name); err != nil && !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	return nil
 }
