@@ -39,6 +39,7 @@ func TestSmallBenchmark(t *testing.T) {
 		sizes: []string{"small"}, tools: toolNames(), runs: 1,
 		work: t.TempDir(), out: t.TempDir(), hlcp: hlcp,
 		loop: loop, verify: true, strace: false, cold: false, plotDir: "plot",
+		copy: true, sync: true,
 	}
 	if err := run(c); err != nil {
 		t.Fatal(err)
@@ -85,6 +86,29 @@ func TestSmallBenchmark(t *testing.T) {
 			t.Errorf("the table has no row for %s:\n%s", tr.Tool, md)
 		}
 	}
+	// The sync scenario: both mirrors exact after the night, and again
+	// after the run with nothing changed.
+	b, err := os.ReadFile(filepath.Join(c.out, "small-sync.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sr SyncResult
+	if err := json.Unmarshal(b, &sr); err != nil {
+		t.Fatal(err)
+	}
+	if sr.Night.Edited == 0 || sr.Night.Added == 0 || sr.Night.Deleted == 0 || sr.Night.Renamed == "" {
+		t.Errorf("the night changed too little: %+v", sr.Night)
+	}
+	if len(sr.Runs) != 4 {
+		t.Errorf("%d sync runs, want 4 (hlcp, rsync, each twice)", len(sr.Runs))
+	}
+	// (rsync -aH --delete leaves directory mtimes that differ from SRC's
+	// after a rotation: its check is reported, not required.)
+	for _, tr := range sr.Runs {
+		if tr.Median.Exit != 0 || strings.HasPrefix(tr.Tool, "hlcp") && tr.Check != "ok" {
+			t.Errorf("sync scenario, %s: exit %d, check %q", tr.Tool, tr.Median.Exit, tr.Check)
+		}
+	}
 	png, err := os.ReadFile(filepath.Join(c.out, "scaling.png"))
 	if err != nil || len(png) < 1000 || string(png[1:4]) != "PNG" {
 		t.Errorf("scaling.png: %v, %d bytes", err, len(png))
@@ -96,6 +120,9 @@ func loadResults(dir string) ([]*SizeResult, error) {
 	files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
 	var all []*SizeResult
 	for _, f := range files {
+		if strings.HasSuffix(f, "-sync.json") {
+			continue
+		}
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return nil, err

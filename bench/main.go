@@ -35,6 +35,8 @@ type config struct {
 	straceMax int64    // trees with more paths are not straced
 	plotOnly  bool     // only redraw the plot from the JSON in out
 	plotDir   string   // the plot's module (bench/plot)
+	sync      bool     // also the sync scenario (sync.go)
+	copy      bool     // the copy benchmark
 	verify    bool
 	noCheck   bool
 	cold      bool
@@ -64,6 +66,8 @@ func main() {
 	flag.StringVar(&c.jobsFlag, "hlcp-jobs", "", "pass -j to hlcp")
 	flag.Int64Var(&c.straceMax, "strace-max-paths", 3_000_000, "with -strace, count syscalls only on trees of at most this many paths (0: all); cp -a under strace takes about 8 times its time")
 	flag.BoolVar(&c.plotOnly, "plot-only", false, "run nothing: redraw scaling.png from the JSON results in -out")
+	flag.BoolVar(&c.sync, "sync", false, "also run the sync scenario: a mirror brought up to date after one night, hlcp sync against rsync -aH --delete")
+	flag.BoolVar(&c.copy, "copy", true, "run the copy benchmark (-copy=false -sync: the sync scenario alone)")
 	flag.StringVar(&c.plotDir, "plot-dir", filepath.Join("bench", "plot"), "the plot's own module, run with go run (keeps its library out of hlcp's go.mod)")
 	flag.DurationVar(&c.limit, "limit", 0, "time limit of each peer's run (default: 10x hlcp's time on the tree, at least 2m)")
 	flag.Parse()
@@ -107,17 +111,30 @@ func run(c *config) error {
 		if !ok {
 			return fmt.Errorf("unknown size %q", size)
 		}
-		res, err := benchSize(c, size, spec)
-		if err != nil {
-			return fmt.Errorf("size %s: %w", size, err)
+		if c.copy {
+			res, err := benchSize(c, size, spec)
+			if err != nil {
+				return fmt.Errorf("size %s: %w", size, err)
+			}
+			b, _ := json.MarshalIndent(res, "", "  ")
+			if err := os.WriteFile(filepath.Join(c.out, size+".json"), b, 0o644); err != nil {
+				return err
+			}
+			md := res.markdown()
+			os.WriteFile(filepath.Join(c.out, size+".md"), []byte(md), 0o644)
+			fmt.Println(md)
 		}
-		b, _ := json.MarshalIndent(res, "", "  ")
-		if err := os.WriteFile(filepath.Join(c.out, size+".json"), b, 0o644); err != nil {
-			return err
+		if c.sync {
+			res, err := benchSync(c, size, spec)
+			if err != nil {
+				return fmt.Errorf("sync %s: %w", size, err)
+			}
+			b, _ := json.MarshalIndent(res, "", "  ")
+			os.WriteFile(filepath.Join(c.out, size+"-sync.json"), b, 0o644)
+			md := res.markdown()
+			os.WriteFile(filepath.Join(c.out, size+"-sync.md"), []byte(md), 0o644)
+			fmt.Println(md)
 		}
-		md := res.markdown()
-		os.WriteFile(filepath.Join(c.out, size+".md"), []byte(md), 0o644)
-		fmt.Println(md)
 	}
 	png := filepath.Join(c.out, "scaling.png")
 	if err := plotResults(c.plotDir, c.out, png); err != nil {

@@ -74,7 +74,9 @@ func load(dir string) ([]*sizeResult, error) {
 		if err := json.Unmarshal(b, &r); err != nil {
 			return nil, fmt.Errorf("%s: %w", f, err)
 		}
-		all = append(all, &r)
+		if len(r.Copy) > 0 { // not the sync scenario's results
+			all = append(all, &r)
+		}
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].Paths < all[j].Paths })
 	return all, nil
