@@ -55,7 +55,7 @@ state; rerun it and it converges.
 			if err != nil {
 				return &exitError{job.ExitUsage, err}
 			}
-			o.MaxDelete, o.MaxDeletePct = n, pct
+			o.MaxDeleteGiven, o.MaxDelete, o.MaxDeletePct = maxDelete != "", n, pct
 			if o.DryRun && o.Restart {
 				return &exitError{job.ExitUsage, fmt.Errorf("--restart discards a job's state and --dry-run changes nothing: give one of them")}
 			}
@@ -88,7 +88,7 @@ func parseMaxDelete(s string) (int64, float64, error) {
 		return -1, 0, nil
 	case strings.HasSuffix(s, "%"):
 		p, err := strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
-		if err != nil || p < 0 || p > 100 {
+		if err != nil || !(p >= 0 && p <= 100) { // (NaN too)
 			return 0, 0, fmt.Errorf("--max-delete %q: give N or P%% (0 to 100)", s)
 		}
 		if p == 0 {

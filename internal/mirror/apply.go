@@ -18,8 +18,7 @@ import (
 // path where DST has another type of file is first renamed aside, and the
 // aside name deleted with the paths only DST has.
 func (m *Mirror) makeDirs(c *collector) error {
-	return eachRecord(c.mkdirs, func(b []byte) error {
-		kind, path := b[0], b[1:]
+	return eachPathRecord(c.mkdirs, func(kind byte, path []byte) error {
 		if m.o.DryRun {
 			m.o.Action("mkdir", dirName(path), "")
 			m.st.DirsMade++
@@ -539,6 +538,9 @@ func invert(path []byte, mark byte) []byte {
 }
 
 func inverted(b []byte) []byte {
+	if len(b) < 2 {
+		return nil // not a record of invert's (the caller checks)
+	}
 	out := make([]byte, len(b)-2)
 	for i := range out {
 		out[i] = ^b[i]
@@ -569,11 +571,11 @@ func (m *Mirror) trash(dir, name string) error {
 // deepest first, so that later work in a directory does not move its
 // mtime again.
 func (m *Mirror) finishDirs(c *collector) error {
-	err := eachRecord(c.dirfix, func(b []byte) error { return m.touch.Add(invert(b[1:], markDiffers)) })
+	err := eachPathRecord(c.dirfix, func(_ byte, path []byte) error { return m.touch.Add(invert(path, markDiffers)) })
 	if err != nil {
 		return err
 	}
-	err = eachRecord(c.mkdirs, func(b []byte) error { return m.touch.Add(invert(b[1:], markTouched)) })
+	err = eachPathRecord(c.mkdirs, func(_ byte, path []byte) error { return m.touch.Add(invert(path, markTouched)) })
 	if err != nil {
 		return err
 	}
@@ -589,6 +591,9 @@ func (m *Mirror) finishDirs(c *collector) error {
 		}
 		if err != nil {
 			return err
+		}
+		if len(b) < 2 {
+			return fmt.Errorf("mirror: bad record of the touched directories")
 		}
 		path := inverted(b)
 		if last != nil && string(last) == string(path) {

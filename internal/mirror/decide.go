@@ -167,6 +167,9 @@ func (w *groupWalker) walk(v groupVisitor) error {
 			}
 			w.nextF()
 		}
+		if w.err != nil {
+			return w.err // a source inode partly read: not ended
+		}
 		if err := v.end(); err != nil {
 			return err
 		}
@@ -458,11 +461,11 @@ func (m *Mirror) freeInodes(c *collector, sizes *extsort.Sorter) (int, error) {
 		rec = appendSize(rec, st.Size, st.Mtim, 1, ino, path)
 		return cands.Add(rec)
 	}
-	err = eachRecord(c.extras, func(b []byte) error {
-		if b[0]&^underReplaced != fsx.TypeReg {
+	err = eachPathRecord(c.extras, func(typ byte, path []byte) error {
+		if typ&^underReplaced != fsx.TypeReg {
 			return nil
 		}
-		return add(b[1:], inode{})
+		return add(path, inode{})
 	})
 	if err != nil {
 		return 0, err
@@ -737,6 +740,17 @@ func (f fdReader) Read(p []byte) (int, error) {
 		n = 0
 	}
 	return n, err
+}
+
+// eachPathRecord calls fn with the kind and the path of every path record
+// of a spool (appendPathRec); a record too short for one is an error.
+func eachPathRecord(s *spool, fn func(kind byte, path []byte) error) error {
+	return eachRecord(s, func(b []byte) error {
+		if len(b) < 1 {
+			return fmt.Errorf("mirror: bad path record in %s", s.name)
+		}
+		return fn(b[0], b[1:])
+	})
 }
 
 // eachRecord calls fn with every record of a spool.

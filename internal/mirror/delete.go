@@ -19,9 +19,9 @@ func (m *Mirror) deleteExtras(c *collector) error {
 	ctr := m.o.Progress.Phase("delete", "paths", "")
 	defer m.o.Progress.End()
 	var gone string // the last directory removed whole
-	err := eachRecord(c.extras, func(b []byte) error {
-		path := string(b[1:])
-		below := b[0]&underReplaced != 0
+	err := eachPathRecord(c.extras, func(typ byte, p []byte) error {
+		path := string(p)
+		below := typ&underReplaced != 0
 		if gone != "" && strings.HasPrefix(path, gone+"/") {
 			m.st.Deleted++
 			if m.o.DryRun {

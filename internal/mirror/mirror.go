@@ -265,9 +265,10 @@ func (m *Mirror) compare() (*collector, error) {
 		skip = []string{m.o.Skip}
 	}
 	// hlcp copy gives every non-directory the source's atime: so does a
-	// mirror (a directory's atime moves whenever it is listed).
+	// mirror, but for symlinks (readlink moves their atime, ours too) and
+	// directories (listing one moves it).
 	what := differ.All
-	what.Atime = true
+	what.Atime, what.NoSymlinkAtime = true, true
 	res, err := differ.Run(m.ctx, differ.Options{
 		Src: m.o.Src, Dst: m.o.Dst, SrcFd: m.o.SrcFd, DstFd: m.o.DstFd, DstSkip: skip,
 		Jobs: m.o.Jobs, Memory: m.o.Memory, Tmp: tmp, What: what, Checksum: m.o.Checksum,
@@ -293,7 +294,7 @@ func (m *Mirror) checkDeletes(c *collector) error {
 	dstPaths := m.st.Compared.DstPaths
 	switch {
 	case m.o.MaxDeletePct > 0:
-		limit = int64(m.o.MaxDeletePct / 100 * float64(dstPaths))
+		limit = int64(m.o.MaxDeletePct * float64(dstPaths) / 100) // (29% of 100 is 29, not 28.999...)
 	case limit < 0:
 		limit = dstPaths / 2
 	}
