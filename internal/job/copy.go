@@ -66,10 +66,13 @@ type Options struct {
 	RemoveRoot bool
 	// Sync: make DST a mirror of SRC, whatever it holds (hlcp sync); see
 	// sync.go. DryRun, MaxDelete and MaxDeletePct are its.
-	Sync         bool
-	DryRun       bool
-	MaxDelete    int64 // -1: half of DST's paths
-	MaxDeletePct float64
+	Sync   bool
+	DryRun bool
+	// MaxDeleteGiven: MaxDelete or MaxDeletePct (when > 0) is the limit;
+	// otherwise (the zero value) it is half of DST's paths.
+	MaxDeleteGiven bool
+	MaxDelete      int64
+	MaxDeletePct   float64
 	// DiscardMoved lets --restart (or another job) discard a state that
 	// may be that of a move which has removed source paths: what it moved
 	// may then be overwritten in DST.

@@ -75,10 +75,14 @@ func (r *runner) mirror(exists bool) (int, error) {
 	} else {
 		r.rep.Logf("DST %s is not empty: changing only what differs from SRC", msg.Quote(o.Dst))
 	}
+	maxDelete := int64(-1) // half of DST's paths
+	if o.MaxDeleteGiven {
+		maxDelete = o.MaxDelete
+	}
 	st, err := mirror.Run(r.ctx, mirror.Options{
 		Src: o.Src, Dst: o.Dst, SrcFd: r.srcFd, DstFd: dstFd, Work: work, Skip: skip,
 		Jobs: o.Jobs, Memory: o.Memory, Checksum: o.Checksum, OneFileSystem: o.OneFileSystem,
-		Owner: os.Geteuid() == 0, DryRun: o.DryRun, MaxDelete: o.MaxDelete, MaxDeletePct: o.MaxDeletePct,
+		Owner: os.Geteuid() == 0, DryRun: o.DryRun, MaxDelete: maxDelete, MaxDeletePct: o.MaxDeletePct,
 		Progress: r.rep, OnError: errs.add, OnWarn: errs.warn, Action: actions.add,
 	})
 	r.rep.Close()
