@@ -120,9 +120,17 @@ func diffOf(t *testing.T, before *testutil.Tree, dst string, opts testutil.Compa
 	return testutil.Diff(before, snap(t, dst, opts), opts)
 }
 
-// noAtime is compareOpts without atimes.
-func noAtime() testutil.CompareOptions {
+// syncOpts is what a mirror must match: everything hlcp copy keeps, but
+// the atimes of symlinks, which readlink moves (sync does not chase them).
+func syncOpts() testutil.CompareOptions {
 	o := compareOpts()
+	o.NoSymlinkAtime = true
+	return o
+}
+
+// noAtime is syncOpts without atimes.
+func noAtime() testutil.CompareOptions {
+	o := syncOpts()
 	o.Atime = false
 	return o
 }
@@ -493,13 +501,13 @@ func TestSyncRotation(t *testing.T) {
 			// Renamed: the copies DST has at the old name are reused.
 			must(t, os.Rename(filepath.Join(src, "daily.0", "bignew"), filepath.Join(src, "daily.0", "bigrenamed")))
 		}
-		before := snap(t, src, compareOpts())
-		w := expectedWork(before, snap(t, dst, compareOpts()))
+		before := snap(t, src, syncOpts())
+		w := expectedWork(before, snap(t, dst, syncOpts()))
 		s := mustSync(t, src, dst)
 		t.Logf("night %d: %d edited, %d added, %d deleted in daily.0; %d inodes: copied %d, reused %d, linked %d, relinked %d, deleted %d, meta %d, dirs made %d, set %d; %d changes; expected %d copies (%d of data DST had, %d small at paths only DST had), %d reuses",
 			night, c.edited, c.added, c.deleted, before.Inodes(), s.Stats.Copied, s.Stats.Reused, s.Stats.Linked, s.Stats.Relinked, s.Stats.Deleted, s.Stats.MetaFixed, s.Stats.DirsMade, s.Stats.DirsFixed, s.Changes,
 			w.copies, len(w.released), w.smallExtra, w.reuses)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 		// Never more copies than the rules make, never fewer reuses.
 		if s.Stats.Copied > int64(w.copies) || s.Stats.Reused < int64(w.reuses) {
 			t.Errorf("night %d: %d copies and %d reuses, the rules say %d and %d", night, s.Stats.Copied, s.Stats.Reused, w.copies, w.reuses)
@@ -584,13 +592,13 @@ func TestSyncEdits(t *testing.T) {
 	for _, d := range []string{"a", "b", "c", "d", "."} {
 		setTimes(t, filepath.Join(src, d), 1_700_001_000)
 	}
-	before := snap(t, src, compareOpts())
+	before := snap(t, src, syncOpts())
 	dry := run(t, nil, "sync", "-n", "-q", src, dst)
 	bogus := tmpNamesListed(dry.stdout)
 
 	s := mustSync(t, src, dst)
 	t.Logf("sync: %+v", s.Stats)
-	d := diffOf(t, before, dst, compareOpts())
+	d := diffOf(t, before, dst, syncOpts())
 	if len(d) != 1 || !strings.HasPrefix(d[0], "content a/f11:") {
 		t.Errorf("after a sync without --checksum, DST should differ in a/f11's content only:\n  %s", firstN(d, 40))
 	}
@@ -612,9 +620,9 @@ func TestSyncEdits(t *testing.T) {
 	// content is a metadata fix.
 	setTimes(t, filepath.Join(src, "a", "f12"), 1_700_000_012)
 	setTimes(t, filepath.Join(src, "a"), 1_700_001_000)
-	before = snap(t, src, compareOpts())
+	before = snap(t, src, syncOpts())
 	s = mustSync(t, src, dst, "--checksum")
-	checkExact(t, before, dst, compareOpts())
+	checkExact(t, before, dst, syncOpts())
 	if s.Stats.Copied != 1 || s.Stats.MetaFixed != 1 {
 		t.Errorf("sync --checksum: %d copied, %d metadata fixes; want 1 (a/f11) and 1 (a/f12's mtime)", s.Stats.Copied, s.Stats.MetaFixed)
 	}
@@ -643,9 +651,9 @@ func TestSyncAtime(t *testing.T) {
 	putFile(t, filepath.Join(src, "g"), []byte("g"), 0o644, 1_600_000_000)
 	mustCopy(t, src, dst)
 	must(t, unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(src, "f"), []unix.Timespec{{Sec: 1_650_000_000}, {Nsec: unix.UTIME_OMIT}}, 0))
-	before := snap(t, src, compareOpts())
+	before := snap(t, src, syncOpts())
 	s := mustSync(t, src, dst)
-	d := diffOf(t, before, dst, compareOpts())
+	d := diffOf(t, before, dst, syncOpts())
 	onlyAtime := len(d) == 1 && strings.HasPrefix(d[0], "atime f:")
 	noBug(t, onlyAtime && s.Changes == 0, "sync never compares atimes: a kept inode keeps DST's atime (%s) and the sync says \"0 changes\", where `hlcp copy` gives SRC's", d)
 	if !onlyAtime && len(d) > 0 {
@@ -687,10 +695,10 @@ func TestSyncLinkStructure(t *testing.T) {
 		for _, d := range []string{"x", "y"} {
 			setTimes(t, filepath.Join(src, d), 1_700_000_000)
 		}
-		before := snap(t, src, compareOpts())
+		before := snap(t, src, syncOpts())
 		s := mustSync(t, src, dst)
 		t.Logf("sync: %+v", s.Stats)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 		// trio3, quad3 and one of sep1/sep2 need an inode of their own;
 		// twin2 is relinked.
 		if s.Stats.Copied > 3 {
@@ -705,9 +713,9 @@ func TestSyncLinkStructure(t *testing.T) {
 		must(t, os.Remove(filepath.Join(src, "y", "twin2")))
 		putFile(t, filepath.Join(src, "y", "twin2"), content("twi", 2000), 0o644, 1_600_000_100)
 		setTimes(t, filepath.Join(src, "y"), 1_700_000_100)
-		before = snap(t, src, compareOpts())
+		before = snap(t, src, syncOpts())
 		mustSync(t, src, dst)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 		rsyncCheck(t, src, dst)
 	})
 
@@ -727,9 +735,9 @@ func TestSyncLinkStructure(t *testing.T) {
 		must(t, os.Remove(filepath.Join(src, "x", "old")))
 		cloneFile(t, filepath.Join(src, "y", "keep"), filepath.Join(src, "x", "new"))
 		setTimes(t, filepath.Join(src, "x"), 1_700_000_000)
-		before := snap(t, src, compareOpts())
+		before := snap(t, src, syncOpts())
 		s := mustSync(t, src, dst)
-		d := diffOf(t, before, dst, compareOpts())
+		d := diffOf(t, before, dst, syncOpts())
 		joined := len(d) == 1 && strings.HasPrefix(d[0], "links: dst groups")
 		noBug(t, joined && s.Stats.Reused == 1, "mirror.matchRenames reuses an extra path's inode that another source inode keeps (%s)", d)
 		if !joined && len(d) > 0 {
@@ -753,9 +761,9 @@ func TestSyncLinkStructure(t *testing.T) {
 		must(t, os.Rename(filepath.Join(src, "old"), filepath.Join(src, "new")))
 		cloneFile(t, filepath.Join(src, "new", "b"), filepath.Join(src, "new", "b"))
 		setTimes(t, filepath.Join(src, "new"), 1_700_000_000)
-		before := snap(t, src, compareOpts())
+		before := snap(t, src, syncOpts())
 		s := mustSync(t, src, dst)
-		d := diffOf(t, before, dst, compareOpts())
+		d := diffOf(t, before, dst, syncOpts())
 		joined := len(d) == 1 && strings.HasPrefix(d[0], "links: dst groups")
 		noBug(t, joined && s.Stats.Reused == 2, "mirror.pairSizes lets two source inodes reuse two paths of one DST inode (%s)", d)
 		if !joined && len(d) > 0 {
@@ -841,10 +849,10 @@ func TestSyncTypeChanges(t *testing.T) {
 			}
 			setTimes(t, filepath.Join(src, "in"), 1_700_000_000)
 			setTimes(t, src, 1_700_000_001)
-			before := snap(t, src, compareOpts())
+			before := snap(t, src, syncOpts())
 			r, s := runSync(t, nil, src, dst)
 			t.Logf("sync: exit %d %+v\n%s", r.code, s.Stats, r.stderr)
-			checkExact(t, before, dst, compareOpts())
+			checkExact(t, before, dst, syncOpts())
 			noState(t, dst)
 			bugSymptom := r.code == 3 && strings.Contains(r.stderr, "delete: not a directory")
 			noBug(t, c.bug && bugSymptom, "a directory of DST replaced by a non-directory: the sync deletes its old entries after the replacement, through the new non-directory, and reports each (exit 3, \"delete: not a directory\")")
@@ -893,13 +901,13 @@ func TestSyncForeignDst(t *testing.T) {
 			setTimes(t, filepath.Join(src, "files"), 1_700_000_010)
 			setTimes(t, filepath.Join(src, "ro"), 1_700_000_011)
 			setTimes(t, filepath.Join(src, "links"), 1_700_000_012)
-			before := snap(t, src, compareOpts())
+			before := snap(t, src, syncOpts())
 			s := mustSync(t, src, dst)
 			t.Logf("sync: %+v", s.Stats)
 			// rsync -aH and cp -a leave atimes that SRC no longer has
 			// (reading SRC moved them): compared apart.
 			checkExact(t, before, dst, noAtime())
-			d := diffOf(t, before, dst, compareOpts())
+			d := diffOf(t, before, dst, syncOpts())
 			atimeOnly := len(d) > 0
 			for _, l := range d {
 				atimeOnly = atimeOnly && strings.HasPrefix(l, "atime ")
@@ -959,9 +967,9 @@ func TestSyncReadOnlyDirs(t *testing.T) {
 		build(t, src, -1)
 		mustCopy(t, src, dst)
 		change(t, src, -1)
-		before := snap(t, src, compareOpts())
+		before := snap(t, src, syncOpts())
 		mustSync(t, src, dst)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 		rsyncCheck(t, src, dst)
 	})
 	t.Run("nobody", func(t *testing.T) {
@@ -973,10 +981,10 @@ func TestSyncReadOnlyDirs(t *testing.T) {
 			t.Fatalf("copy as nobody: exit %d\n%s", r.code, r.stderr)
 		}
 		change(t, src, 65534)
-		before := snap(t, src, compareOpts())
+		before := snap(t, src, syncOpts())
 		r, s := runSync(t, nobody, src, dst)
 		t.Logf("sync as nobody: exit %d %+v\n%s", r.code, s.Stats, r.stderr)
-		d := diffOf(t, before, dst, compareOpts())
+		d := diffOf(t, before, dst, syncOpts())
 		bugSymptom := r.code == 3 && strings.Contains(r.stderr, "permission denied")
 		var errs []string
 		for _, l := range strings.Split(r.stderr, "\n") {
@@ -997,7 +1005,7 @@ func TestSyncReadOnlyDirs(t *testing.T) {
 		}
 		// What the unprivileged sync could not do, root's does.
 		mustSync(t, src, dst)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 	})
 }
 
@@ -1059,7 +1067,7 @@ func TestSyncEmlink(t *testing.T) {
 			t.Errorf("%s: other: %q", when, b)
 		}
 		// All but the partition is exact.
-		o := compareOpts()
+		o := syncOpts()
 		o.Content = false
 		var d []string
 		for _, l := range diffOf(t, snap(t, src, o), dst, o) {
@@ -1280,7 +1288,7 @@ func TestSyncKilled(t *testing.T) {
 		// Work for every phase (the hook polls: a phase that ends at once
 		// can be missed), the deletions included.
 		must(t, os.RemoveAll(filepath.Join(src, "daily.0", "d1-0")))
-		before := snap(t, src, compareOpts())
+		before := snap(t, src, syncOpts())
 		for _, p := range syncPhases {
 			k, code, out := runKilled(t, killPoint{p, 0}, "sync", "--progress=none", src, dst)
 			noBug(t, !k && code == 0, "HLCP_TEST_KILL=%s:0 does not fire in a sync that repairs DST (exit %d): testhook.KillAfter must be started before openJob, which runs the mirror itself", p, code)
@@ -1292,7 +1300,7 @@ func TestSyncKilled(t *testing.T) {
 			}
 		}
 		mustSync(t, src, dst)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 	})
 
 	for _, seed := range []int64{1, 2, 3} {
@@ -1307,7 +1315,7 @@ func TestSyncKilled(t *testing.T) {
 			for night := 1; night <= 3; night++ {
 				mutateForKill(t, src, night, rng)
 				want := snap(t, src, testutil.CompareOptions{Content: true})
-				before := snap(t, src, compareOpts())
+				before := snap(t, src, syncOpts())
 				orig := snap(t, dst, testutil.CompareOptions{Content: true})
 				// One or two kills, then the rerun.
 				for i := 0; i < 1+rng.Intn(2); i++ {
@@ -1337,7 +1345,7 @@ func TestSyncKilled(t *testing.T) {
 					t.Fatalf("night %d: rerun after the kills: exit %d\n%s%s", night, r.code, r.stdout, r.stderr)
 				}
 				noState(t, dst)
-				checkExact(t, before, dst, compareOpts())
+				checkExact(t, before, dst, syncOpts())
 				// Temporary names a killed run left are paths only DST has:
 				// gone now.
 				if _, err := os.Lstat(dst); err == nil {
@@ -1384,7 +1392,7 @@ func TestSyncKilled(t *testing.T) {
 		must(t, os.Mkdir(filepath.Join(src, "d", "x"), 0o755))
 		putFile(t, filepath.Join(src, "d", "x", "in"), []byte("x is a directory now"), 0o644, 1_600_000_002)
 		putFile(t, filepath.Join(src, "d", "y"), []byte("edited"), 0o644, 1_600_000_003)
-		before := snap(t, src, compareOpts())
+		before := snap(t, src, syncOpts())
 		cmd := exec.Command(strace, "-f", "-o", "/dev/null", "-e", "trace=renameat", "-e", "inject=renameat:delay_enter=500000",
 			hlcpBin, "sync", "-q", src, dst)
 		var out bytes.Buffer
@@ -1411,7 +1419,7 @@ func TestSyncKilled(t *testing.T) {
 		if resumedCopy {
 			mustSync(t, src, dst)
 		}
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 		noState(t, dst)
 		noBug(t, resumedCopy, "the rerun of a killed sync resumed an initial copy over the full DST: exit %d, %s", r.code, firstLine(r.stderr, "error"))
 	})
@@ -1426,7 +1434,7 @@ func TestSyncKilled(t *testing.T) {
 		mustCopy(t, src, dst)
 		rng := rand.New(rand.NewSource(5))
 		mutateForKill(t, src, 1, rng)
-		before := snap(t, src, compareOpts())
+		before := snap(t, src, syncOpts())
 		want := snap(t, src, testutil.CompareOptions{Content: true})
 		orig := snap(t, dst, testutil.CompareOptions{Content: true})
 		signaled, code, out := runSyncKilled(t, syncKill{phase: "apply", n: 20, sig: syscall.SIGINT}, src, dst)
@@ -1446,10 +1454,10 @@ func TestSyncKilled(t *testing.T) {
 			t.Errorf("the JSON summary of the interrupted sync says exit_code %d", sum.ExitCode)
 		}
 		mustSync(t, src, dst)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 		// Again, with the text summary: it must not say "done".
 		mutateForKill(t, src, 2, rng)
-		before = snap(t, src, compareOpts())
+		before = snap(t, src, syncOpts())
 		cmd := exec.Command(hlcpBin, "sync", "--progress=plain", "--interval=1ms", src, dst)
 		var so, se lockedBuffer
 		cmd.Stdout, cmd.Stderr = &so, &se
@@ -1483,7 +1491,7 @@ func TestSyncKilled(t *testing.T) {
 			}
 		}
 		mustSync(t, src, dst)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 	})
 
 	// A path whose type changes is set aside before its new version is
@@ -1504,7 +1512,7 @@ func TestSyncKilled(t *testing.T) {
 		must(t, os.Remove(filepath.Join(src, "d", "x")))
 		must(t, os.Mkdir(filepath.Join(src, "d", "x"), 0o755))
 		putFile(t, filepath.Join(src, "d", "x", "in"), []byte("x is a directory now"), 0o644, 1_600_000_002)
-		before := snap(t, src, compareOpts())
+		before := snap(t, src, syncOpts())
 		want := snap(t, src, testutil.CompareOptions{Content: true})
 		orig := snap(t, dst, testutil.CompareOptions{Content: true})
 		cmd := exec.Command(strace, "-f", "-o", "/dev/null", "-e", "trace=renameat2", "-e", "inject=renameat2:delay_exit=3000000",
@@ -1531,7 +1539,7 @@ func TestSyncKilled(t *testing.T) {
 			t.Errorf("paths lost their old version:\n  %s", firstN(bad, 20))
 		}
 		mustSync(t, src, dst)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 	})
 }
 
@@ -1596,7 +1604,7 @@ func TestSyncDryRun(t *testing.T) {
 	must(t, os.Chmod(filepath.Join(src, "daily.2", files[0]), 0o600))
 	must(t, os.Rename(filepath.Join(src, "old"), filepath.Join(src, "new")))
 	must(t, os.Chmod(filepath.Join(src, "daily.1"), 0o700))
-	before := snap(t, src, compareOpts())
+	before := snap(t, src, syncOpts())
 
 	tmp := filepath.Join(base, "tmp")
 	must(t, os.Mkdir(tmp, 0o755))
@@ -1654,7 +1662,7 @@ func TestSyncDryRun(t *testing.T) {
 
 	// The real sync does what was listed.
 	actual := mustSync(t, src, dst)
-	checkExact(t, before, dst, compareOpts())
+	checkExact(t, before, dst, syncOpts())
 	st1 := treeState(t, dst)
 	for _, a := range acts {
 		o, had := st0[a.path]
@@ -1719,9 +1727,9 @@ func TestSyncDryRun(t *testing.T) {
 	if r.code != 0 {
 		t.Errorf("sync -n: exit %d\n%s", r.code, r.stderr)
 	}
-	before = snap(t, src, compareOpts())
+	before = snap(t, src, syncOpts())
 	mustSync(t, src, dst)
-	checkExact(t, before, dst, compareOpts())
+	checkExact(t, before, dst, syncOpts())
 
 	// With nothing to do, a dry run lists nothing.
 	r, dry3 := runSync(t, nil, src, dst, "-n")
@@ -1777,7 +1785,7 @@ func TestSyncEmptySrc(t *testing.T) {
 		t.Errorf("--max-delete lots: exit %d, want 2", r.code)
 	}
 	// Exactly the number needed is allowed.
-	before := snap(t, empty, compareOpts())
+	before := snap(t, empty, syncOpts())
 	s := mustSync(t, empty, dst, "--max-delete", strconv.Itoa(need), "-n")
 	if s.Stats.Deleted != int64(need) {
 		t.Errorf("dry run with --max-delete %d: %d deletions, want %d", need, s.Stats.Deleted, need)
@@ -1786,7 +1794,7 @@ func TestSyncEmptySrc(t *testing.T) {
 	if s.Stats.Deleted != int64(need) {
 		t.Errorf("%d paths deleted, want %d", s.Stats.Deleted, need)
 	}
-	checkExact(t, before, dst, compareOpts())
+	checkExact(t, before, dst, syncOpts())
 	if ents, _ := os.ReadDir(dst); len(ents) != 0 {
 		t.Errorf("DST is not empty: %d entries", len(ents))
 	}
@@ -1800,7 +1808,7 @@ func TestSyncNothingToDo(t *testing.T) {
 	must(t, os.Mkdir(src, 0o755))
 	testutil.BuildKitchenSink(t, src)
 	testutil.EnsureRemovable(t, base)
-	before := snap(t, src, compareOpts())
+	before := snap(t, src, syncOpts())
 	mustCopy(t, src, dst)
 	// A first sync over a fresh copy already has nothing to do.
 	for i, mode := range []string{"text", "json", "text"} {
@@ -1828,7 +1836,7 @@ func TestSyncNothingToDo(t *testing.T) {
 		if d := stateDiff(st0, treeState(t, dst), "."); len(d) > 0 {
 			t.Errorf("sync %d with nothing to do changed DST:\n  %s", i, firstN(d, 20))
 		}
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 	}
 }
 
@@ -1843,7 +1851,7 @@ func TestSyncIntoNewDst(t *testing.T) {
 	must(t, syscall.Mkfifo(filepath.Join(src, "fifo"), 0o640))
 	setTimes(t, filepath.Join(src, "fifo"), 1_600_000_001)
 	setTimes(t, src, 1_600_000_002)
-	before := snap(t, src, compareOpts())
+	before := snap(t, src, syncOpts())
 
 	t.Run("missing", func(t *testing.T) {
 		dst := filepath.Join(t.TempDir(), "dst")
@@ -1859,7 +1867,7 @@ func TestSyncIntoNewDst(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("sync into a missing DST: exit %d\n%s", r.code, r.stderr)
 		}
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 		noState(t, dst)
 		s = mustSync(t, src, dst)
 		if s.Changes != 0 {
@@ -1870,7 +1878,7 @@ func TestSyncIntoNewDst(t *testing.T) {
 		dst := filepath.Join(t.TempDir(), "dst")
 		must(t, os.Mkdir(dst, 0o755))
 		mustSync(t, src, dst)
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 	})
 	t.Run("crash", func(t *testing.T) {
 		dst := filepath.Join(t.TempDir(), "dst")
@@ -1885,7 +1893,7 @@ func TestSyncIntoNewDst(t *testing.T) {
 		if !strings.Contains(r.stderr, "resuming the job") {
 			t.Errorf("the rerun did not resume the copy:\n%s", r.stderr)
 		}
-		checkExact(t, before, dst, compareOpts())
+		checkExact(t, before, dst, syncOpts())
 		noState(t, dst)
 		rsyncCheck(t, src, dst)
 	})
@@ -1925,7 +1933,7 @@ func TestSyncDestinationFull(t *testing.T) {
 	for i := 0; i < 8; i++ {
 		putFile(t, filepath.Join(src, "daily.0", fmt.Sprintf("huge%d", i)), content(fmt.Sprintf("huge %d", i), 1<<20), 0o644, 1_700_000_000+int64(i))
 	}
-	before := snap(t, src, compareOpts())
+	before := snap(t, src, syncOpts())
 	want := snap(t, src, testutil.CompareOptions{Content: true})
 	orig := snap(t, dst, testutil.CompareOptions{Content: true})
 	r := run(t, nil, "sync", "--progress=none", src, dst)
@@ -1937,7 +1945,7 @@ func TestSyncDestinationFull(t *testing.T) {
 	}
 	must(t, os.Remove(filler))
 	mustSync(t, src, dst)
-	checkExact(t, before, dst, compareOpts())
+	checkExact(t, before, dst, syncOpts())
 }
 
 // --- symlinks planted in DST ---
@@ -1966,9 +1974,9 @@ func TestSyncSymlinkPlanted(t *testing.T) {
 	for _, d := range []string{"a/b", "a", "c", "."} {
 		setTimes(t, filepath.Join(src, d), 1_700_000_100)
 	}
-	before := snap(t, src, compareOpts())
+	before := snap(t, src, syncOpts())
 	mustSync(t, src, dst)
-	checkExact(t, before, dst, compareOpts())
+	checkExact(t, before, dst, syncOpts())
 	ents, _ := os.ReadDir(outside)
 	if b, _ := os.ReadFile(filepath.Join(outside, "victim")); len(ents) != 1 || string(b) != "mine" {
 		t.Errorf("the sync wrote outside DST, through a planted symlink: %d entries, victim %q", len(ents), b)

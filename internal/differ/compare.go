@@ -38,6 +38,10 @@ const (
 // What selects what is compared, like rsync's -a subsets.
 type What struct {
 	Perms, Owner, Times, Atime, Xattrs, ACLs bool
+	// NoSymlinkAtime leaves symlinks out of Atime: readlink(2) moves a
+	// symlink's atime (the differ's own included), so a mirror that
+	// chased it would never be done.
+	NoSymlinkAtime bool
 }
 
 // All compares everything hlcp copies except atimes.
@@ -87,7 +91,7 @@ func CompareMeta(a, b *Inode, w What) []Diff {
 	if w.Times && a.St.Mtim != b.St.Mtim {
 		add(CodeMtime, "%s -> %s", ts(a.St.Mtim), ts(b.St.Mtim))
 	}
-	if w.Atime && ta != unix.S_IFDIR && a.St.Atim != b.St.Atim {
+	if w.Atime && ta != unix.S_IFDIR && !(w.NoSymlinkAtime && ta == unix.S_IFLNK) && a.St.Atim != b.St.Atim {
 		add(CodeAtime, "%s -> %s", ts(a.St.Atim), ts(b.St.Atim))
 	}
 	if ta == unix.S_IFLNK && !bytes.Equal(a.Target, b.Target) {

@@ -66,6 +66,21 @@ func TestCompareMeta(t *testing.T) {
 	l1 := Inode{St: unix.Stat_t{Mode: unix.S_IFLNK | 0o777, Size: 3}, Target: []byte("abc")}
 	l2 := l1
 	l2.Target = []byte("abd")
+	// A symlink's atime: compared with Atime, not with NoSymlinkAtime
+	// too (sync's); a regular file's still is.
+	l3 := l1
+	l3.St.Atim.Sec = 9
+	if d := CompareMeta(&l1, &l3, What{Atime: true}); len(d) != 1 || d[0].Code != CodeAtime {
+		t.Errorf("symlink atime: %v", d)
+	}
+	if d := CompareMeta(&l1, &l3, What{Atime: true, NoSymlinkAtime: true}); len(d) != 0 {
+		t.Errorf("symlink atime with NoSymlinkAtime: %v", d)
+	}
+	f3 := base
+	f3.St.Atim.Sec = 9
+	if d := CompareMeta(&base, &f3, What{Atime: true, NoSymlinkAtime: true}); len(d) != 1 || d[0].Code != CodeAtime {
+		t.Errorf("file atime with NoSymlinkAtime: %v", d)
+	}
 	if d := CompareMeta(&l1, &l2, All); len(d) != 1 || d[0].Code != CodeTarget {
 		t.Errorf("target: %v", d)
 	}
