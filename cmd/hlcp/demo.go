@@ -18,11 +18,13 @@ func demoCmd() *cobra.Command {
 	spec := demo.DefaultSpec
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Build a small rsnapshot-shaped repository, copy it with hlcp and check the copy",
+		Short: "Build a small rsnapshot-shaped repository, copy it with hlcp, rotate it, sync the copy, and check it each time",
 		Long: `Demo builds a small rsnapshot-shaped repository in a temporary directory
 (snapshots daily.0..N hard-linked to each other, a symlink, a hard-linked
 symlink, a sparse file, an xattr, a read-only directory), copies it with
-hlcp copy showing the live progress, checks the copy and prints what it did.`,
+hlcp copy showing the live progress, checks the copy and prints what it did;
+then rotates the repository as one night of rsnapshot does and brings the
+copy up to date with hlcp sync, and checks it again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var o job.Options
@@ -72,6 +74,25 @@ hlcp copy showing the live progress, checks the copy and prints what it did.`,
 				return err
 			}
 			fmt.Printf("\nthe copy is exact: same paths, same hard-link structure, same metadata and content\n")
+			// One night later: the repository rotates, and sync brings
+			// the copy up to date in time set by what changed.
+			edited, added, deleted, err := demo.Rotate(src, spec, 1)
+			if err != nil {
+				return fmt.Errorf("rotate the demo repository: %w", err)
+			}
+			fmt.Printf("\none night later: daily.%d dropped, daily.0..%d renamed one up, a new daily.0 linked to daily.1 with %d files edited, %d added, %d deleted\n",
+				spec.Snapshots-1, spec.Snapshots-2, edited, added, deleted)
+			fmt.Printf("\n$ hlcp sync %s %s\n", src, dst)
+			if code, err = job.Sync(cmd.Context(), o); err != nil {
+				fmt.Fprintf(os.Stderr, "hlcp: %v\n", err)
+			}
+			if code != 0 {
+				return &exitError{code, fmt.Errorf("demo sync failed")}
+			}
+			if err := verifyCopy(cmd.Context(), o); err != nil {
+				return err
+			}
+			fmt.Printf("\nthe mirror is exact again\n")
 			if keep {
 				fmt.Printf("\nkept: %s (source) and %s (copy)\n", src, dst)
 			}

@@ -172,3 +172,59 @@ func linkTree(src, dst string) error {
 	}
 	return err
 }
+
+// Rotate is one night of the repository at root, as rsnapshot does it:
+// the oldest snapshot goes, every daily.N becomes daily.N+1, and a new
+// daily.0 is daily.1 hard-linked, with about 5% of its files edited (new
+// inodes), a few new, and a few deleted. It returns how many of each.
+func Rotate(root string, s Spec, night int) (edited, added, deleted int, err error) {
+	rng := rand.New(rand.NewSource(s.Seed + int64(night)*1000))
+	snap := func(i int) string { return filepath.Join(root, fmt.Sprintf("daily.%d", i)) }
+	oldest := snap(s.Snapshots - 1)
+	filepath.Walk(oldest, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.IsDir() {
+			os.Chmod(p, 0o755) // its read-only directories, so that it can go
+		}
+		return nil
+	})
+	if err := os.RemoveAll(oldest); err != nil {
+		return 0, 0, 0, err
+	}
+	for i := s.Snapshots - 2; i >= 0; i-- {
+		if err := os.Rename(snap(i), snap(i+1)); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	cur := snap(0)
+	if err := linkTree(snap(1), cur); err != nil {
+		return 0, 0, 0, err
+	}
+	when := time.Now()
+	for h := 0; h < s.Hosts; h++ {
+		for f := 0; f < s.Files; f++ {
+			dir := []string{"etc", "home/alice", "var/log"}[f%3]
+			p := filepath.Join(cur, fmt.Sprintf("host%d", h), dir, fmt.Sprintf("file%03d", f))
+			switch r := rng.Intn(100); {
+			case r < 5:
+				os.Remove(p)
+				data := make([]byte, rng.Intn(8192))
+				rng.Read(data)
+				if err := write(p, data, when); err != nil {
+					return edited, added, deleted, err
+				}
+				edited++
+			case r < 6:
+				if os.Remove(p) == nil {
+					deleted++
+				}
+			}
+		}
+		data := make([]byte, 1000+rng.Intn(4000))
+		rng.Read(data)
+		if err := write(filepath.Join(cur, fmt.Sprintf("host%d", h), "var/log", fmt.Sprintf("night%d.log", night)), data, when); err != nil {
+			return edited, added, deleted, err
+		}
+		added++
+	}
+	return edited, added, deleted, nil
+}
