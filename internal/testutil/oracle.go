@@ -35,8 +35,8 @@ import (
 // size of regular files, mtime of every entry incl. directories, symlink
 // targets, device numbers and the hard-link partition).
 type CompareOptions struct {
-	Owner          bool // compare uid/gid
-	Atime          bool // compare atime (ns) of non-directories
+	Owner bool // compare uid/gid
+	Atime bool // compare atime (ns) of non-directories
 	// NoSymlinkAtime leaves symlinks out of Atime: readlink moves a
 	// symlink's atime, so a mirror kept by sync does not chase it.
 	NoSymlinkAtime bool
