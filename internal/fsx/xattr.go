@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -238,4 +240,35 @@ func (x *Xattrs) removeExtra(s, d xops, remove func(string) error) error {
 		}
 	}
 	return nil
+}
+
+// listxattrat(2) (Linux 6.13) lists the xattr names of an entry of a
+// directory fd, the last component not followed, without opening the entry
+// or resolving a /proc path. Older kernels say ENOSYS once; it is not
+// tried again.
+var noListxattrat atomic.Bool
+
+// NoXattrsAt reports whether entry name of dirfd (not followed) has no
+// xattrs (and so no ACLs) at all, in one syscall: none is true only when
+// that is certain. ok is false when the kernel cannot tell this way (no
+// listxattrat, or another error): the caller reads them the usual way.
+func NoXattrsAt(dirfd int, name string) (none, ok bool) {
+	if noListxattrat.Load() {
+		return false, false
+	}
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return false, false
+	}
+	n, _, errno := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)), uintptr(unix.AT_SYMLINK_NOFOLLOW), 0, 0, 0)
+	switch {
+	case errno == unix.ENOSYS:
+		noListxattrat.Store(true)
+		return false, false
+	case errno == unix.EOPNOTSUPP:
+		return true, true // a filesystem without xattrs
+	case errno != 0:
+		return false, false
+	}
+	return n == 0, true
 }
