@@ -300,6 +300,13 @@ func TestSortEntries(t *testing.T) {
 		{"shared-15", 20_000, 15, 4, []byte{0, 1, 0xff}},
 		{"shared-16", 20_000, 16, 6, []byte{0, 'a'}},
 		{"shared-20", 5_000, 20, 6, nil},
+		// Past the 16 key bytes: buckets keyed again from the records'
+		// next 16 bytes (paths sharing long prefixes), zeros and ends
+		// of records included.
+		{"shared-32", 20_000, 32, 20, nil},
+		{"shared-40-zeros", 20_000, 40, 30, []byte{0, 0, 1, 'a'}},
+		{"shared-70", 20_000, 70, 40, []byte{0, '/', 'a', 'b'}},
+		{"short-zeros-40", 20_000, 0, 40, []byte{0, 0, 0, 0, 0, 1}},
 		{"short-zeros", 20_000, 0, 18, []byte{0, 0, 0, 1}},
 		{"tiny", 50, 0, 20, []byte{0, 1}},
 	}
@@ -1192,5 +1199,26 @@ func TestMergeStream(t *testing.T) {
 	case <-done: // an error (closed pipe) or nil, but no hang
 	case <-time.After(10 * time.Second):
 		t.Fatal("wait hangs when the stream is abandoned")
+	}
+}
+
+// BenchmarkSortPaths sorts records shaped like a snapshot repository's
+// paths, which share long prefixes: the case the re-keyed radix is for.
+func BenchmarkSortPaths(b *testing.B) {
+	r := newRand(7)
+	var recs [][]byte
+	for i := 0; i < 200_000; i++ {
+		recs = append(recs, fmt.Appendf(nil, "daily.%02d/host%02d/d%d/d%d/file-%06d.dat", r.IntN(20), r.IntN(4), r.IntN(8), r.IntN(8), r.IntN(1_000_000)))
+	}
+	buf := newBuffer(64 << 20)
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		buf.reset()
+		for _, rec := range recs {
+			buf.add(rec)
+		}
+		b.StartTimer()
+		buf.sort()
 	}
 }

@@ -19,13 +19,41 @@ func keyByte(e *entry, i int) byte {
 // 16-byte prefix keys; buckets smaller than radixCutoff, and buckets whose
 // keys are entirely equal, are finished with slices.SortFunc and
 // compareEntries, which falls back to the full records on equal keys.
+//
+// Records that share long prefixes (paths: "daily.12/host00/..." in every
+// record of a snapshot) would leave large buckets to the comparison sort
+// once the 16 key bytes are used up: such a bucket, whose records all share
+// those 16 bytes, is keyed again from the records' next 16 bytes and radix
+// sorted on. Keys change only within such a bucket, where every record had
+// the same key, so comparisons inside it stay exact; nothing reads the keys
+// after the sort.
 func sortEntries(ents []entry, arena []byte) {
 	cmpFn := func(x, y entry) int { return compareEntries(arena, &x, &y) }
-	radixSort(ents, 0, cmpFn)
+	radixSort(ents, 0, 0, arena, cmpFn)
 }
 
-func radixSort(ents []entry, byteIdx int, cmpFn func(x, y entry) int) {
+// rekey sets each entry's key to bytes base..base+16 of its record
+// (zero-padded).
+func rekey(ents []entry, arena []byte, base int) {
+	for i := range ents {
+		e := &ents[i]
+		rec := arena[e.off : e.off+e.n]
+		if len(rec) > base {
+			e.k0, e.k1 = prefixKey(rec[base:])
+		} else {
+			e.k0, e.k1 = 0, 0
+		}
+	}
+}
+
+func radixSort(ents []entry, byteIdx, base int, arena []byte, cmpFn func(x, y entry) int) {
 	for {
+		if byteIdx >= 16 && len(ents) >= radixCutoff && base < 1<<16 {
+			// Every record here has the same bytes up to base+16.
+			base += 16
+			rekey(ents, arena, base)
+			byteIdx = 0
+		}
 		if len(ents) < radixCutoff || byteIdx >= 16 {
 			slices.SortFunc(ents, cmpFn)
 			return
@@ -65,7 +93,7 @@ func radixSort(ents []entry, byteIdx int, cmpFn func(x, y entry) int) {
 		start := 0
 		for _, c := range count {
 			if c > 1 {
-				radixSort(ents[start:start+c], byteIdx+1, cmpFn)
+				radixSort(ents[start:start+c], byteIdx+1, base, arena, cmpFn)
 			}
 			start += c
 		}
