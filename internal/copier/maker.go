@@ -125,23 +125,39 @@ func (m *Maker) FixMeta(spfd int, sname string, dev, ino uint64, dpfd int, dname
 // others removed), mode, times. rel names it in messages.
 func (m *Maker) FixDir(sfd, dfd int, rel string) error {
 	m.c.rel = rel
-	var st unix.Stat_t
+	// Only what differs is set (a sync fixes every directory whose
+	// entries changed, mostly for its times), but the times always.
+	var st, dst unix.Stat_t
 	if err := unix.Fstat(sfd, &st); err != nil {
 		return err
 	}
-	if m.c.opt.Owner {
+	if err := unix.Fstat(dfd, &dst); err != nil {
+		return err
+	}
+	chowned := false
+	if m.c.opt.Owner && (st.Uid != dst.Uid || st.Gid != dst.Gid) {
 		if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
 			m.c.metaFail(0, nil, "chown", err)
 		}
+		chowned = true
 	}
-	if err := m.w.x.CopyFd(sfd, dfd, m.c.xattrErr); err != nil {
-		return err
+	sx, _ := unix.Flistxattr(sfd, nil)
+	dx, _ := unix.Flistxattr(dfd, nil)
+	if sx != 0 {
+		if err := m.w.x.CopyFd(sfd, dfd, m.c.xattrErr); err != nil {
+			return err
+		}
 	}
-	if err := m.w.x.RemoveExtraFd(sfd, dfd); err != nil {
-		return err
+	if dx != 0 {
+		if err := m.w.x.RemoveExtraFd(sfd, dfd); err != nil {
+			return err
+		}
 	}
-	if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
-		m.c.metaFail(0, nil, "chmod", err)
+	// (A chown may clear the setgid bit, and an ACL set the mode.)
+	if chowned || sx != 0 || dx != 0 || st.Mode&07777 != dst.Mode&07777 {
+		if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
+			m.c.metaFail(0, nil, "chmod", err)
+		}
 	}
 	return futimens(dfd, []unix.Timespec{st.Atim, st.Mtim})
 }
