@@ -37,6 +37,40 @@ import (
 
 // --- helpers ---
 
+// typeChangeFixture is a SRC and its copy in DST, then SRC's d/x changed
+// from a file to a directory: the window tests' start. It skips the test
+// without strace.
+func typeChangeFixture(t *testing.T) (strace, src, dst string) {
+	t.Helper()
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Skip("strace not installed")
+	}
+	base := t.TempDir()
+	src, dst = filepath.Join(base, "src"), filepath.Join(base, "dst")
+	must(t, os.MkdirAll(filepath.Join(src, "d"), 0o755))
+	putFile(t, filepath.Join(src, "d", "x"), []byte("a file"), 0o644, 1_600_000_000)
+	putFile(t, filepath.Join(src, "d", "y"), []byte("another"), 0o644, 1_600_000_001)
+	mustCopy(t, src, dst)
+	must(t, os.Remove(filepath.Join(src, "d", "x")))
+	must(t, os.Mkdir(filepath.Join(src, "d", "x"), 0o755))
+	putFile(t, filepath.Join(src, "d", "x", "in"), []byte("x is a directory now"), 0o644, 1_600_000_002)
+	return strace, src, dst
+}
+
+// startTraced starts hlcp with args under strace, which delays one
+// syscall as inject says (e.g. "renameat:delay_enter=500000"); its output
+// goes to the buffer.
+func startTraced(t *testing.T, strace, inject string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	sys, _, _ := strings.Cut(inject, ":")
+	cmd := exec.Command(strace, append([]string{"-f", "-o", "/dev/null", "-e", "trace=" + sys, "-e", "inject=" + inject, hlcpBin}, args...)...)
+	out := new(bytes.Buffer)
+	cmd.Stdout, cmd.Stderr = out, out
+	must(t, cmd.Start())
+	return cmd, out
+}
+
 // noBug fails the test when the symptom of a bug found earlier is back.
 func noBug(t *testing.T, symptom bool, format string, args ...any) {
 	t.Helper()
@@ -1094,7 +1128,7 @@ func TestSyncEmlink(t *testing.T) {
 
 // --- 8. killed at any moment ---
 
-var syncPhases = []string{"scan", "compare", "inodes", "decide", "apply", "delete"}
+var syncPhases = []string{"scan", "compare", "inodes", "decide", "apply", "delete", "finish"}
 
 func syncPhaseIndex(p string) int {
 	for i, q := range syncPhases {
@@ -1378,26 +1412,10 @@ func TestSyncKilled(t *testing.T) {
 	// copy). strace slows every renameat (the state's atomic saves); the
 	// test watches the state and kills hlcp once it has one.
 	t.Run("state-window", func(t *testing.T) {
-		strace, err := exec.LookPath("strace")
-		if err != nil {
-			t.Skip("strace not installed")
-		}
-		base := t.TempDir()
-		src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
-		must(t, os.MkdirAll(filepath.Join(src, "d"), 0o755))
-		putFile(t, filepath.Join(src, "d", "x"), []byte("a file"), 0o644, 1_600_000_000)
-		putFile(t, filepath.Join(src, "d", "y"), []byte("another"), 0o644, 1_600_000_001)
-		mustCopy(t, src, dst)
-		must(t, os.Remove(filepath.Join(src, "d", "x")))
-		must(t, os.Mkdir(filepath.Join(src, "d", "x"), 0o755))
-		putFile(t, filepath.Join(src, "d", "x", "in"), []byte("x is a directory now"), 0o644, 1_600_000_002)
+		strace, src, dst := typeChangeFixture(t)
 		putFile(t, filepath.Join(src, "d", "y"), []byte("edited"), 0o644, 1_600_000_003)
 		before := snap(t, src, syncOpts())
-		cmd := exec.Command(strace, "-f", "-o", "/dev/null", "-e", "trace=renameat", "-e", "inject=renameat:delay_enter=500000",
-			hlcpBin, "sync", "-q", src, dst)
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		must(t, cmd.Start())
+		cmd, out := startTraced(t, strace, "renameat:delay_enter=500000", "sync", "-q", src, dst)
 		seen, scan := false, false
 		for i := 0; i < 1000 && !seen; i++ {
 			time.Sleep(2 * time.Millisecond)
@@ -1494,32 +1512,16 @@ func TestSyncKilled(t *testing.T) {
 		checkExact(t, before, dst, syncOpts())
 	})
 
-	// A path whose type changes is set aside before its new version is
-	// made: a kill in between loses it. strace holds the run right after
-	// the set-aside (the mirror's only renameat2), and the test kills it
-	// there.
+	// A path whose type changes must never be missing: it once was set
+	// aside before its new version was made, and a kill in between lost
+	// it (now the two are exchanged in one renameat2). strace holds the
+	// run after each renameat2, and the test kills it there.
 	t.Run("type-change-window", func(t *testing.T) {
-		strace, err := exec.LookPath("strace")
-		if err != nil {
-			t.Skip("strace not installed")
-		}
-		base := t.TempDir()
-		src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
-		must(t, os.MkdirAll(filepath.Join(src, "d"), 0o755))
-		putFile(t, filepath.Join(src, "d", "x"), []byte("a file"), 0o644, 1_600_000_000)
-		putFile(t, filepath.Join(src, "d", "y"), []byte("another"), 0o644, 1_600_000_001)
-		mustCopy(t, src, dst)
-		must(t, os.Remove(filepath.Join(src, "d", "x")))
-		must(t, os.Mkdir(filepath.Join(src, "d", "x"), 0o755))
-		putFile(t, filepath.Join(src, "d", "x", "in"), []byte("x is a directory now"), 0o644, 1_600_000_002)
+		strace, src, dst := typeChangeFixture(t)
 		before := snap(t, src, syncOpts())
 		want := snap(t, src, testutil.CompareOptions{Content: true})
 		orig := snap(t, dst, testutil.CompareOptions{Content: true})
-		cmd := exec.Command(strace, "-f", "-o", "/dev/null", "-e", "trace=renameat2", "-e", "inject=renameat2:delay_exit=3000000",
-			hlcpBin, "sync", "-q", src, dst)
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		must(t, cmd.Start())
+		cmd, out := startTraced(t, strace, "renameat2:delay_exit=3000000", "sync", "-q", src, dst)
 		aside := false
 		for i := 0; i < 400 && !aside; i++ {
 			time.Sleep(5 * time.Millisecond)

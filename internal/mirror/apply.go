@@ -449,15 +449,7 @@ func dirOf(path []byte) string {
 func (m *Mirror) apply(c *collector) error {
 	ctr := m.o.Progress.Phase("apply", "inodes", "paths")
 	defer m.o.Progress.End()
-	gr, err := c.groups.reader()
-	if err != nil {
-		return err
-	}
-	fr, err := m.flagsAndLosers(c)
-	if err != nil {
-		return err
-	}
-	w, err := newGroupWalker(gr, fr)
+	w, err := m.groupWalker(c)
 	if err != nil {
 		return err
 	}
@@ -583,6 +575,8 @@ func (m *Mirror) finishDirs(c *collector) error {
 	if err != nil {
 		return err
 	}
+	ctr := m.o.Progress.Phase("finish", "dirs", "")
+	defer m.o.Progress.End()
 	var last []byte
 	for {
 		b, err := r.next()
@@ -600,6 +594,7 @@ func (m *Mirror) finishDirs(c *collector) error {
 			continue
 		}
 		last = append(last[:0], path...)
+		ctr.Done.Add(1)
 		differs := b[len(b)-1] == markDiffers
 		if m.o.DryRun {
 			if differs {

@@ -86,34 +86,32 @@ func newGroupWalker(gr, fr source) (*groupWalker, error) {
 	return w, w.err
 }
 
-func (w *groupWalker) nextG() {
-	rec, err := w.gr.next()
-	if err == io.EOF {
-		w.gok = false
-		return
-	}
+// pull reads the next record of src into buf; ok is false at its end or
+// on an error (w.err).
+func (w *groupWalker) pull(src source, buf *[]byte) (ok bool) {
+	rec, err := src.next()
 	if err != nil {
-		w.err, w.gok = err, false
-		return
+		if err != io.EOF {
+			w.err = err
+		}
+		return false
 	}
-	w.gbuf = append(w.gbuf[:0], rec...)
-	w.g, w.err = decodeGroup(w.gbuf)
-	w.gok = w.err == nil
+	*buf = append((*buf)[:0], rec...)
+	return true
+}
+
+func (w *groupWalker) nextG() {
+	if w.gok = w.pull(w.gr, &w.gbuf); w.gok {
+		w.g, w.err = decodeGroup(w.gbuf)
+		w.gok = w.err == nil
+	}
 }
 
 func (w *groupWalker) nextF() {
-	rec, err := w.fr.next()
-	if err == io.EOF {
-		w.fok = false
-		return
+	if w.fok = w.pull(w.fr, &w.fbuf); w.fok {
+		w.f, w.err = decodeFlag(w.fbuf)
+		w.fok = w.err == nil
 	}
-	if err != nil {
-		w.err, w.fok = err, false
-		return
-	}
-	w.fbuf = append(w.fbuf[:0], rec...)
-	w.f, w.err = decodeFlag(w.fbuf)
-	w.fok = w.err == nil
 }
 
 // groupVisitor sees one source inode's paths: each path DST has or lacks
@@ -284,19 +282,25 @@ func (v *decider) end() error {
 	return v.out.add(v.rec)
 }
 
+// groupWalker opens a walk of the source inodes: the groups with the
+// flags and the losers (decide and apply both walk them).
+func (m *Mirror) groupWalker(c *collector) (*groupWalker, error) {
+	gr, err := c.groups.reader()
+	if err != nil {
+		return nil, err
+	}
+	fr, err := m.flagsAndLosers(c)
+	if err != nil {
+		return nil, err
+	}
+	return newGroupWalker(gr, fr)
+}
+
 // decide is the first pass: per source inode, the DST inode to keep.
 func (m *Mirror) decide(c *collector) error {
 	ctr := m.o.Progress.Phase("decide", "inodes", "")
 	defer m.o.Progress.End()
-	gr, err := c.groups.reader()
-	if err != nil {
-		return err
-	}
-	fr, err := m.flagsAndLosers(c)
-	if err != nil {
-		return err
-	}
-	w, err := newGroupWalker(gr, fr)
+	w, err := m.groupWalker(c)
 	if err != nil {
 		return err
 	}

@@ -78,7 +78,15 @@ func (d *dirs) parent(path []byte) (int, string, error) {
 }
 
 // forget drops path and everything below it (it was renamed or deleted).
+// A large cache is dropped whole: looking for what is below path would
+// cost a walk of the cache per directory deleted.
 func (d *dirs) forget(path string) {
+	if len(d.m) > 4096 {
+		d.close()
+		d.m = make(map[string]*list.Element)
+		d.lru.Init()
+		return
+	}
 	for p, e := range d.m {
 		if p == path || len(p) > len(path) && p[:len(path)] == path && p[len(path)] == '/' {
 			unix.Close(e.Value.(*dirEnt).fd)

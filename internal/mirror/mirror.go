@@ -159,8 +159,13 @@ func (m *Mirror) start() error {
 			return err
 		}
 	}
-	m.srcs = newDirs(m.o.SrcFd, 64)
-	m.dsts = newDirs(m.o.DstFd, 256)
+	// The passes go in source-inode order (apply) or path order: the
+	// caches hold what the budget and the open-file limit allow, most of
+	// it for DST, where the links are made.
+	fsx.RaiseFileLimit(m.mem().FileLimitFor(1 << 20))
+	n := budget.DirCacheSize(2, m.mem().DirCaches())
+	m.srcs = newDirs(m.o.SrcFd, max(n/4, 64))
+	m.dsts = newDirs(m.o.DstFd, n)
 	m.runs = make(map[*extsort.Sorter][]extsort.Run)
 	if m.trashed, err = m.newSpool("trashed"); err != nil {
 		return err
