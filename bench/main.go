@@ -136,6 +136,9 @@ func run(c *config) error {
 			fmt.Println(md)
 		}
 	}
+	if !c.copy {
+		return nil // the plot is of the copy benchmark
+	}
 	png := filepath.Join(c.out, "scaling.png")
 	if err := plotResults(c.plotDir, c.out, png); err != nil {
 		// The tables and the JSON are the results; the plot is a view.

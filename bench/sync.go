@@ -81,8 +81,19 @@ func benchSync(c *config, size string, spec Spec) (*SyncResult, error) {
 	if out.Night, err = night(srcTree, spec.Snapshots, rand.New(rand.NewSource(spec.Seed+100))); err != nil {
 		return nil, fmt.Errorf("night: %w", err)
 	}
+	// hlcp's phases go to a log beside the results (its progress lines,
+	// every 10 s and at the end of each phase), and with HLCP_BENCH_SYNC_PROFILE=P
+	// a CPU profile of each hlcp sync (P.SIZE, P.SIZE-again).
+	hlcpLine := func(pass string) string {
+		log := filepath.Join(c.out, size+"-sync-hlcp"+pass+".log")
+		env := ""
+		if p := os.Getenv("HLCP_BENCH_SYNC_PROFILE"); p != "" {
+			env = "HLCP_CPUPROFILE=" + q(p+"."+size+pass) + " "
+		}
+		return fmt.Sprintf("%s%s sync --progress=plain %s %s 2>%s >&2", env, q(c.hlcp), q(srcTree), q(filepath.Join(mirrors["hlcp"].dir, "tree")), q(log))
+	}
 	lines := map[string]string{
-		"hlcp sync":          fmt.Sprintf("%s sync -q %s %s", q(c.hlcp), q(srcTree), q(filepath.Join(mirrors["hlcp"].dir, "tree"))),
+		"hlcp sync":          hlcpLine(""),
 		"rsync -aH --delete": fmt.Sprintf("rsync -aH --delete %s/ %s/", q(srcTree), q(filepath.Join(mirrors["rsync"].dir, "tree"))),
 	}
 	for _, pass := range []string{"", " (nothing changed)"} {
@@ -91,7 +102,11 @@ func benchSync(c *config, size string, spec Spec) (*SyncResult, error) {
 			if name != "hlcp sync" {
 				mirror = mirrors["rsync"]
 			}
-			line := "(" + lines[name] + ") && sync -f " + q(mirror.dir)
+			cmdLine := lines[name]
+			if name == "hlcp sync" && pass != "" {
+				cmdLine = hlcpLine("-again")
+			}
+			line := "(" + cmdLine + ") && sync -f " + q(mirror.dir)
 			if pass == "" {
 				out.Commands = append(out.Commands, line)
 			}
