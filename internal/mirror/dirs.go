@@ -78,17 +78,16 @@ func (d *dirs) parent(path []byte) (int, string, error) {
 }
 
 // forget drops path and everything below it (it was renamed or deleted).
-// A large cache is dropped whole: looking for what is below path would
-// cost a walk of the cache per directory deleted.
+// A large cache keeps only path's ancestors (whose fds the caller may be
+// using): looking for what is below path would cost a walk of the cache
+// per directory deleted, and dropping the rest is paid once per entry
+// cached.
 func (d *dirs) forget(path string) {
-	if len(d.m) > 4096 {
-		d.close()
-		d.m = make(map[string]*list.Element)
-		d.lru.Init()
-		return
-	}
+	big := len(d.m) > 4096
 	for p, e := range d.m {
-		if p == path || len(p) > len(path) && p[:len(path)] == path && p[len(path)] == '/' {
+		below := p == path || len(p) > len(path) && p[:len(path)] == path && p[len(path)] == '/'
+		ancestor := len(path) > len(p) && path[:len(p)] == p && path[len(p)] == '/'
+		if below || big && !ancestor {
 			unix.Close(e.Value.(*dirEnt).fd)
 			d.lru.Remove(e)
 			delete(d.m, p)
