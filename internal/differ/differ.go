@@ -93,6 +93,10 @@ type Result struct {
 	Diffs       int64            `json:"differences"`
 	ByCode      map[string]int64 `json:"by_code"`
 	Errors      int64            `json:"errors"`
+	// SrcUnread counts the paths of SRC that its scan could not read
+	// (a directory it could not list, a name it could not stat): what
+	// DST has below them shows as extra, but SRC may have it too.
+	SrcUnread int64 `json:"src_unread"`
 }
 
 // Kind is what a difference is about; Diff.Code refines Meta.

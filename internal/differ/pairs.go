@@ -229,6 +229,7 @@ func (r *run) report(c Consumer) (Result, error) {
 	}
 	r.res.Diffs = n
 	r.res.Errors = r.errs.Load()
+	r.res.SrcUnread = r.src.scanErrs.Load()
 	r.res.ByCode = map[string]int64{}
 	r.byCode.Range(func(k, v any) bool {
 		r.res.ByCode[k.(string)] = v.(*atomic.Int64).Load()

@@ -3,6 +3,7 @@ package differ
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -17,6 +18,7 @@ import (
 // side is one of the two trees.
 type side struct {
 	name          string
+	scanErrs      atomic.Int64 // paths the scan could not read
 	root          string
 	rootFd        int      // the root as the caller opened it, or 0
 	skip          []string // names of the root left out
@@ -107,6 +109,7 @@ func (r *run) scan() error {
 				NewEmitter: func() scan.Emitter { return &emitter{s: s} },
 				Counters:   ctr,
 				OnError: func(rel string, err error) {
+					s.scanErrs.Add(1)
 					r.diff(CodeError, appendKey(nil, []byte(rel)), Node{}, Node{}, nil, "%s: %v", s.name, err)
 				},
 			})
