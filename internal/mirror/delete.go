@@ -9,25 +9,42 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hlcp/internal/fsx"
+	"hlcp/internal/msg"
 )
 
 // deleteExtras is the fourth pass: the paths only DST has go, after every
 // source inode that could reuse one of them (a rename) has linked it, and
 // so do the names set aside. A directory goes with everything in it (its
 // entries are paths only DST has too, which come after it in path order).
+// Where SRC could not be read whole (a directory it could not list), no
+// path only DST has is deleted, as rsync does after an I/O error: what
+// DST has below such a directory shows as extra, but SRC may still have
+// it. The names set aside still go: SRC has another type at their paths.
 func (m *Mirror) deleteExtras(c *collector) error {
 	ctr := m.o.Progress.Phase("delete", "paths", "")
 	defer m.o.Progress.End()
-	var gone string // the last directory removed whole
-	err := eachPathRecord(c.extras, func(typ byte, p []byte) error {
+	var gone string  // the last directory removed whole (or that failed to be)
+	var goneBad bool // it failed: what is below it was not deleted
+	each := eachPathRecord
+	if n := m.st.Compared.SrcUnread; n > 0 && c.nExtras > 0 {
+		m.fail(".", fmt.Sprintf("SRC could not be read whole (%d paths, listed above): none of the %d paths only DST has was deleted", n, c.nExtras))
+		each = func(*spool, func(byte, []byte) error) error { return nil }
+	}
+	err := each(c.extras, func(typ byte, p []byte) error {
 		path := string(p)
 		below := typ&underReplaced != 0
 		if gone != "" && strings.HasPrefix(path, gone+"/") {
+			// Deleted with it, or kept with it where that failed (a
+			// mount point below it: nothing below it is deleted one by
+			// one either).
+			ctr.Done.Add(1)
+			if goneBad {
+				return nil
+			}
 			m.st.Deleted++
 			if m.o.DryRun {
 				m.o.Action("delete", path, "")
 			}
-			ctr.Done.Add(1)
 			return nil
 		}
 		ctr.Done.Add(1)
@@ -42,11 +59,12 @@ func (m *Mirror) deleteExtras(c *collector) error {
 			// was renamed aside whole, and goes with the names set aside.
 			return nil
 		}
-		if err != nil {
-			return m.fatalOr([]byte(path), fmt.Errorf("delete: %w", err))
-		}
 		if isDir {
-			gone = path
+			gone, goneBad = path, err != nil
+		}
+		if err != nil {
+			m.st.Deleted--
+			return m.fatalOr([]byte(path), fmt.Errorf("delete: %w", err))
 		}
 		return m.touched([]byte(path))
 	})
@@ -90,20 +108,55 @@ func (m *Mirror) remove(path []byte) (isDir bool, err error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return false, unlinkIn(pfd, name, 0)
 	}
+	mnt, err := mountOf(pfd)
+	if err != nil {
+		return false, err
+	}
 	m.dsts.forget(string(path))
-	return true, removeTree(pfd, name)
+	return true, removeTree(pfd, name, mnt)
 }
 
-// removeTree removes directory name of pfd and everything in it, one
-// component at a time from fds, never through a symlink. A directory that
-// is not writable is made so first (what is in it is being deleted).
-func removeTree(pfd int, name string) error {
+// mount says which mount a directory is on: its mount ID, or where the
+// kernel has none (before Linux 5.8) its device. A bind mount of a
+// directory of the same filesystem has the same device, not the same
+// mount.
+type mount struct{ id, dev uint64 }
+
+func mountOf(fd int) (mount, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &stx); err != nil {
+		return mount{}, err
+	}
+	m := mount{dev: unix.Mkdev(stx.Dev_major, stx.Dev_minor)}
+	if stx.Mask&unix.STATX_MNT_ID != 0 {
+		m.id = stx.Mnt_id
+	}
+	return m, nil
+}
+
+// errMountPoint is a directory to delete that is another filesystem's
+// root (a mount point in DST): nothing in it is deleted.
+var errMountPoint = errors.New("a mount point (another filesystem): not deleted")
+
+// removeTree removes directory name of pfd (on mount mnt) and everything
+// in it, one component at a time from fds, never through a symlink nor
+// into another mount. A directory that is not writable is made so first
+// (what is in it is being deleted). It carries on past a mount point (or
+// another error) below it, then returns the first error, leaving the
+// directories that hold what it kept.
+func removeTree(pfd int, name string, mnt mount) error {
 	fd, err := fsx.OpenBeneath(pfd, name, unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
 		return err
 	}
 	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
+	if here, err := mountOf(fd); err != nil {
+		return err
+	} else if here != mnt {
+		return errMountPoint
+	}
+	var first error
 	for {
 		names, err := f.Readdirnames(256)
 		for _, n := range names {
@@ -115,17 +168,20 @@ func removeTree(pfd int, name string) error {
 				return err
 			}
 			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				err = removeTree(fd, n)
+				err = removeTree(fd, n, mnt)
 			} else {
 				err = unlinkIn(fd, n, 0)
 			}
-			if err != nil && !errors.Is(err, unix.ENOENT) {
-				return err
+			if err != nil && !errors.Is(err, unix.ENOENT) && first == nil {
+				first = fmt.Errorf("%s: %w", msg.Quote(n), err)
 			}
 		}
 		if err != nil || len(names) == 0 {
 			break
 		}
+	}
+	if first != nil {
+		return first
 	}
 	return unlinkIn(pfd, name, unix.AT_REMOVEDIR)
 }
