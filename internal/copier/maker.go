@@ -56,6 +56,10 @@ func (m *Maker) Close() {
 // Stats are what the Maker made.
 func (m *Maker) Stats() *Stats { return &m.c.Stats }
 
+// errDstReplaced is a destination entry that is no longer the inode the
+// caller saw: its metadata is left alone.
+var errDstReplaced = errors.New("replaced in DST since the scan: left alone")
+
 // ErrChanged is the error of a source file that kept changing while it
 // was copied (its copy is left, with the times of before the copy).
 var ErrChanged = errChanged
@@ -81,12 +85,16 @@ func (m *Maker) Make(spfd int, sname string, dev, ino uint64, typ uint8, dpfd in
 	return st, m.w.metaBad, err
 }
 
-// FixMeta gives DST's entry dname in dpfd the metadata of the source entry
-// sname in spfd, which must still be the inode (dev, ino): owner, mode,
-// xattrs and ACLs (DST's others removed), times. rel names it in messages.
-func (m *Maker) FixMeta(spfd int, sname string, dev, ino uint64, dpfd int, dname, rel string) error {
+// FixMeta gives DST's entry dname in dpfd, which must still be the inode
+// (ddev, dino), the metadata of the source entry sname in spfd, which
+// must still be the inode (dev, ino): owner, mode, xattrs and ACLs (DST's
+// others removed), times. rel names it in messages. (Where DST's
+// directory belongs to another user, that user could have put another
+// inode at dname, a hard link to a file of someone else's: it is not
+// chowned.)
+func (m *Maker) FixMeta(spfd int, sname string, dev, ino uint64, dpfd int, dname string, ddev, dino uint64, rel string) error {
 	m.c.rel = rel
-	var st unix.Stat_t
+	var st, dst unix.Stat_t
 	if err := unix.Fstatat(spfd, sname, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("lstat: %w", err)
 	}
@@ -97,6 +105,12 @@ func (m *Maker) FixMeta(spfd int, sname string, dev, ino uint64, dpfd int, dname
 	// DST's xattrs and ACLs that the source lacks go first: removing an
 	// ACL after the chmod could leave the mask in the group bits.
 	if src.Type != fsx.TypeReg {
+		if err := unix.Fstatat(dpfd, dname, &dst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("lstat in DST: %w", err)
+		}
+		if dst.Dev != ddev || dst.Ino != dino {
+			return errDstReplaced
+		}
 		if err := m.w.x.RemoveExtraPath(fsx.ProcPath(spfd, sname), fsx.ProcPath(dpfd, dname)); err != nil {
 			return err
 		}
@@ -113,6 +127,12 @@ func (m *Maker) FixMeta(spfd int, sname string, dev, ino uint64, dpfd int, dname
 		return fmt.Errorf("open in DST: %w", err)
 	}
 	defer unix.Close(dfd)
+	if err := unix.Fstat(dfd, &dst); err != nil {
+		return fmt.Errorf("stat in DST: %w", err)
+	}
+	if dst.Dev != ddev || dst.Ino != dino {
+		return errDstReplaced
+	}
 	if err := m.w.x.RemoveExtraFd(sfd, dfd); err != nil {
 		return err
 	}

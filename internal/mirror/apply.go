@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -158,9 +159,16 @@ type applier struct {
 	src    inode
 	typ    uint8
 	// the inode every path is to be: a path of DST that has it
-	keep     []byte
-	keepIno  inode
-	tmpKeep  []byte // keep is a temporary name (a new copy): removed at the end
+	keep    []byte
+	keepIno inode
+	// want is the inode at keep (the kept one, a reused one or the new
+	// copy): every link to keep is checked to be it
+	want inode
+	// tmpKeep: the temporary names of the new copies (and of a reused
+	// inode) that keep was, each after its length (a held name starts
+	// with a NUL), removed at the end: a group
+	// split by EMLINK has one per copy
+	tmpKeep  []byte
 	failed   bool   // the source inode could not be copied: its paths are left
 	copied   bool   // (dry run) the source inode is to be copied
 	srcFirst []byte // a path of the source inode in SRC
@@ -182,19 +190,22 @@ func (a *applier) nextDecision() error {
 	return err
 }
 
-func (a *applier) begin(src inode, typ uint8) {
+func (a *applier) begin(src inode, typ uint8) error {
 	a.src, a.typ, a.active, a.failed, a.copied = src, typ, false, false, false
-	a.keep, a.tmpKeep, a.keepIno, a.fullCopy = a.keep[:0], a.tmpKeep[:0], inode{}, inode{}
+	a.keep, a.tmpKeep, a.keepIno, a.fullCopy, a.want = a.keep[:0], a.tmpKeep[:0], inode{}, inode{}, inode{}
 	for a.dok && less(a.d.src, src) {
-		a.nextDecision()
+		if err := a.nextDecision(); err != nil {
+			return fmt.Errorf("decisions: %w", err)
+		}
 	}
 	if a.dok && a.d.src == src {
 		a.active = true
 		a.srcFirst = append(a.srcFirst[:0], a.d.first...)
 		if a.d.keep != (inode{}) {
-			a.keep, a.keepIno = append(a.keep, a.d.keepPath...), a.d.keep
+			a.keep, a.keepIno, a.want = append(a.keep, a.d.keepPath...), a.d.keep, a.d.keep
 		}
 	}
+	return nil
 }
 
 func (a *applier) at(path []byte, dst inode, absent bool, flags uint8) error {
@@ -250,12 +261,12 @@ func (a *applier) place(path []byte, absent bool, copyAt inode, flags uint8) err
 		}
 		return nil
 	}
-	err := m.linkInto(a.keep, path, absent)
+	err := m.linkInto(a.keep, path, absent, a.want)
 	if (errors.Is(err, unix.EMLINK) || noLinks(err)) && copyAt != (inode{}) {
 		a.fullCopy = copyAt
 		m.st.Kept++
 		if flags&flagMeta != 0 {
-			if err := m.fixMeta(a.srcFirst, path, a.src); err != nil {
+			if err := m.fixMeta(a.srcFirst, path, a.src, copyAt); err != nil {
 				m.failErr(string(path), err)
 			}
 			m.st.MetaFixed++
@@ -265,11 +276,11 @@ func (a *applier) place(path []byte, absent bool, copyAt inode, flags uint8) err
 	if errors.Is(err, unix.EMLINK) || noLinks(err) {
 		// The kept inode is full (or DST has no hard links): this path
 		// gets a copy of its own, which the next paths link to.
-		a.keep, a.keepIno = a.keep[:0], inode{}
+		a.keep, a.keepIno, a.want = a.keep[:0], inode{}, inode{}
 		if err := a.makeKeep(path); err != nil || a.failed {
 			return err
 		}
-		err = m.linkInto(a.keep, path, absent)
+		err = m.linkInto(a.keep, path, absent, a.want)
 	}
 	if err != nil {
 		return m.fatalOr(path, fmt.Errorf("%s: %w", code, err))
@@ -300,8 +311,15 @@ func (a *applier) makeKeep(path []byte) error {
 			m.o.Action("link", string(path), "from "+msg.Quote(string(a.keep)))
 			return nil
 		}
-		a.tmpKeep = append(a.tmpKeep[:0], a.keep...)
-		if err := m.fixMeta(a.srcFirst, a.keep, a.src); err != nil {
+		a.tmpKeep = append(binary.AppendUvarint(a.tmpKeep, uint64(len(a.keep))), a.keep...)
+		var st unix.Stat_t
+		if !m.lstatDst(a.keep, &st) {
+			a.failed = true
+			m.fail(string(path), "the inode held for reuse is gone")
+			return nil
+		}
+		a.want = inode{st.Dev, st.Ino}
+		if err := m.fixMeta(a.srcFirst, a.keep, a.src, a.want); err != nil {
 			m.failErr(string(path), err)
 		}
 		return nil
@@ -336,6 +354,12 @@ func (a *applier) makeKeep(path []byte) error {
 			if err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
 				m.st.Bytes += st.Size
 			}
+			if err == nil {
+				var nst unix.Stat_t
+				if err = unix.Fstatat(dpfd, tmp, &nst, unix.AT_SYMLINK_NOFOLLOW); err == nil {
+					a.want = inode{nst.Dev, nst.Ino}
+				}
+			}
 		}
 	}
 	if err != nil {
@@ -343,7 +367,7 @@ func (a *applier) makeKeep(path []byte) error {
 		return m.fatalOr(path, err)
 	}
 	m.st.Copied++
-	a.keep, a.tmpKeep = keep, append(a.tmpKeep[:0], keep...)
+	a.keep, a.tmpKeep = keep, append(binary.AppendUvarint(a.tmpKeep, uint64(len(keep))), keep...)
 	return m.touched(path)
 }
 
@@ -368,16 +392,19 @@ func (a *applier) end() error {
 	if a.d.metaFix && len(a.keep) > 0 && a.keepIno == a.d.keep {
 		if m.o.DryRun {
 			m.o.Action("meta", string(a.keep), "")
-		} else if err := m.fixMeta(a.srcFirst, a.keep, a.src); err != nil {
+		} else if err := m.fixMeta(a.srcFirst, a.keep, a.src, a.keepIno); err != nil {
 			m.failErr(string(a.keep), err)
 		}
 		m.st.MetaFixed++
 	}
-	if len(a.tmpKeep) > 0 && !m.o.DryRun {
-		// Every path links to the new copy now: its temporary name goes.
-		if pfd, name, err := m.dstEntry(a.tmpKeep); err == nil {
+	for rest := a.tmpKeep; len(rest) > 0 && !m.o.DryRun; {
+		// Every path links to a new copy now: their temporary names go.
+		n, k := binary.Uvarint(rest)
+		name := rest[k : k+int(n)]
+		if pfd, name, err := m.dstEntry(name); err == nil {
 			unix.Unlinkat(pfd, name, 0)
 		}
+		rest = rest[k+int(n):]
 	}
 	return nil
 }
@@ -396,10 +423,23 @@ func (m *Mirror) count(code string) {
 // path, else through a temporary name renamed over it (so that path always
 // has its old version or its new one). A directory where the link goes is
 // set aside first.
-func (m *Mirror) linkInto(keep, path []byte, absent bool) error {
+//
+// Every link is checked to be want before it is renamed over path or left
+// in place: a user who owns the directory of keep could have put another
+// inode there since the scan (or the copy), which must not become a file
+// of another's path. A link that is not want is removed.
+func (m *Mirror) linkInto(keep, path []byte, absent bool, want inode) error {
 	kfd, kname, err := m.dstEntry(keep)
 	if err != nil {
 		return err
+	}
+	if !isHeld(keep) {
+		// Reaching path's directory may open directories and close the
+		// least recently used, which may be keep's: a copy of the fd.
+		if kfd, err = unix.FcntlInt(uintptr(kfd), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			return err
+		}
+		defer unix.Close(kfd)
 	}
 	pfd, name, err := m.dsts.parent(path)
 	if err != nil {
@@ -407,12 +447,18 @@ func (m *Mirror) linkInto(keep, path []byte, absent bool) error {
 	}
 	if absent {
 		err := m.writable(pfd, path, func() error { return unix.Linkat(kfd, kname, pfd, name, 0) })
+		if err == nil {
+			return checkLinked(pfd, name, want)
+		}
 		if !errors.Is(err, unix.EEXIST) {
 			return err
 		}
 	}
 	tmp := m.tmpName()
 	if err := m.writable(pfd, path, func() error { return unix.Linkat(kfd, kname, pfd, tmp, 0) }); err != nil {
+		return err
+	}
+	if err := checkLinked(pfd, tmp, want); err != nil {
 		return err
 	}
 	var st unix.Stat_t
@@ -435,6 +481,23 @@ func (m *Mirror) linkInto(keep, path []byte, absent bool) error {
 	if err := unix.Renameat(pfd, tmp, pfd, name); err != nil {
 		unix.Unlinkat(pfd, tmp, 0)
 		return err
+	}
+	return nil
+}
+
+// errNotKept is a link to keep that found another inode there.
+var errNotKept = errors.New("the inode to link to was replaced since the scan (by the owner of its directory?): not linked")
+
+// checkLinked checks that name, just linked in pfd, is the inode want; if
+// not, it unlinks it (a name the caller made).
+func checkLinked(pfd int, name string, want inode) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return err
+	}
+	if (inode{st.Dev, st.Ino}) != want {
+		unix.Unlinkat(pfd, name, 0)
+		return errNotKept
 	}
 	return nil
 }
@@ -469,7 +532,7 @@ func (m *Mirror) apply(c *collector) error {
 
 // fixMeta gives DST's inode at path the metadata of the source inode at
 // srcPath (owner, mode, xattrs and ACLs, times), in place.
-func (m *Mirror) fixMeta(srcPath, path []byte, src inode) error {
+func (m *Mirror) fixMeta(srcPath, path []byte, src, want inode) error {
 	spfd, sname, err := m.srcs.parent(srcPath)
 	if err != nil {
 		return err
@@ -478,7 +541,7 @@ func (m *Mirror) fixMeta(srcPath, path []byte, src inode) error {
 	if err != nil {
 		return err
 	}
-	if err := m.maker.FixMeta(spfd, sname, src.dev, src.ino, dpfd, dname, string(path)); err != nil {
+	if err := m.maker.FixMeta(spfd, sname, src.dev, src.ino, dpfd, dname, want.dev, want.ino, string(path)); err != nil {
 		return err
 	}
 	if isHeld(path) {

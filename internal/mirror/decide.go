@@ -118,7 +118,7 @@ func (w *groupWalker) nextF() {
 // (at, with the flags of its pair), then the paths where DST has another
 // type (occupied). typ is the source inode's type.
 type groupVisitor interface {
-	begin(src inode, typ uint8)
+	begin(src inode, typ uint8) error
 	at(path []byte, dst inode, absent bool, flags uint8) error
 	occupied(path []byte) error
 	end() error
@@ -137,7 +137,9 @@ func (w *groupWalker) walk(v groupVisitor) error {
 			src, typ = w.f.src, 0 // only occupied paths: its type is read in SRC
 		}
 		w.nGroups++
-		v.begin(src, typ)
+		if err := v.begin(src, typ); err != nil {
+			return err
+		}
 		for w.gok && w.g.src == src && w.err == nil {
 			// The flags of this pair (records of one pair may repeat).
 			var flags uint8
@@ -206,10 +208,11 @@ func appendInode(dst []byte, n inode) []byte {
 	return binary.BigEndian.AppendUint64(dst, n.ino)
 }
 
-func (v *decider) begin(src inode, typ uint8) {
+func (v *decider) begin(src inode, typ uint8) error {
 	v.d = decision{src: src, typ: typ}
 	v.runN, v.bestN, v.bestMeta, v.runs, v.absent, v.occupy = 0, 0, false, 0, false, false
 	v.runPath, v.runAbs = v.runPath[:0], false
+	return nil
 }
 
 func (v *decider) at(path []byte, dst inode, absent bool, flags uint8) error {
@@ -932,4 +935,13 @@ func (m *Mirror) pickWinners(c *collector, claims *extsort.Sorter) error {
 		}
 		started, last = true, dst
 	}
+}
+
+// lstatDst stats path in DST (or a name held in the run's directory).
+func (m *Mirror) lstatDst(path []byte, st *unix.Stat_t) bool {
+	pfd, name, err := m.dstEntry(path)
+	if err != nil {
+		return false
+	}
+	return unix.Fstatat(pfd, name, st, unix.AT_SYMLINK_NOFOLLOW) == nil
 }

@@ -27,6 +27,8 @@ package mirror
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -101,6 +103,7 @@ type Mirror struct {
 	srcs    *dirs // source directories by path
 	dsts    *dirs // destination directories by path
 	seq     atomic.Int64
+	tmpTag  string          // random, per run: no temporary name is one SRC has, or a killed run left
 	touch   *extsort.Sorter // destination directories whose entries changed
 	trashed *spool          // names set aside, deleted at the end
 	files   []*spool
@@ -118,7 +121,9 @@ func Run(ctx context.Context, o Options) (Stats, error) {
 	if o.Action == nil {
 		o.Action = func(string, string, string) {}
 	}
-	m := &Mirror{ctx: ctx, o: o}
+	var tag [8]byte
+	rand.Read(tag[:]) // never fails (Go 1.24)
+	m := &Mirror{ctx: ctx, o: o, tmpTag: hex.EncodeToString(tag[:])}
 	defer m.close()
 	if err := m.start(); err != nil {
 		return m.st, err
@@ -325,7 +330,7 @@ func (m *Mirror) failErr(rel string, err error) {
 // path: a killed run leaves it, and the next one deletes it as a path only
 // DST has.
 func (m *Mirror) tmpName() string {
-	return fmt.Sprintf(".hlcp-sync-%d-%d", unix.Getpid(), m.seq.Add(1))
+	return fmt.Sprintf(".hlcp-sync-%s-%d", m.tmpTag, m.seq.Add(1))
 }
 
 func quote(p []byte) string { return msg.Quote(string(p)) }

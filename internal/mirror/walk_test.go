@@ -88,8 +88,9 @@ type recorder struct {
 
 var errVisit = errors.New("visitor failed")
 
-func (r *recorder) begin(s inode, typ uint8) {
+func (r *recorder) begin(s inode, typ uint8) error {
 	r.ev = append(r.ev, fmt.Sprintf("begin %s typ=%d", nodeStr(s), typ))
+	return nil
 }
 func (r *recorder) at(path []byte, d inode, abs bool, flags uint8) error {
 	if abs != (d == absent) {
